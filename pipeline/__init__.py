@@ -1,0 +1,1 @@
+"""Orchestration of the RLHF pipeline: runner, config, run directory, evaluation."""

@@ -1,0 +1,134 @@
+"""The `rlhf` command: run | stage | eval | data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+EPILOG = "Any number of key.path=value arguments override config values, e.g. stages.ppo.lr=1e-4."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="A staged RLHF pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline of a config", epilog=EPILOG)
+    run.add_argument("config", help="pipeline YAML, e.g. configs/demo.yaml")
+    run.add_argument("overrides", nargs="*", metavar="key.path=value")
+    run.add_argument("--run-dir", help="where stages write (default: the config's run_dir, or runs/<name>)")
+    which = run.add_mutually_exclusive_group()
+    which.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must be finished)")
+    which.add_argument(
+        "--from",
+        dest="start",
+        metavar="STAGE",
+        help="re-run this stage and everything after it, reusing earlier finished stages",
+    )
+    run.add_argument("--no-eval", action="store_true", help="skip the evaluation after the stages")
+    run.set_defaults(handler=cmd_run)
+
+    stage = commands.add_parser("stage", help="run one stage of a config on any checkpoint", epilog=EPILOG)
+    stage.add_argument("name", help="the stage's name in the config, e.g. sft")
+    stage.add_argument("--config", required=True)
+    stage.add_argument("--init-from", help="checkpoint path or hub id for the stage's first input")
+    stage.add_argument("--out", required=True, help="output folder (a from_pretrained-loadable model)")
+    stage.add_argument("overrides", nargs="*", metavar="key.path=value")
+    stage.set_defaults(handler=cmd_stage)
+
+    ev = commands.add_parser("eval", help="(re)compute the evaluation of a run", epilog=EPILOG)
+    ev.add_argument("--run-dir", required=True)
+    ev.add_argument("overrides", nargs="*", metavar="key.path=value")
+    ev.set_defaults(handler=cmd_eval)
+
+    data = commands.add_parser("data", help="write a demo task's data as jsonl files")
+    data.add_argument("task", help="reviews or support")
+    data.add_argument("--out", required=True)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(handler=cmd_data)
+    return parser
+
+
+def run_dir_of(config, flag: str | None) -> Path:
+    return Path(flag or config.pipeline.run_dir or f"runs/{config.pipeline.name}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.runner import Runner
+
+    config = load_config(args.config, args.overrides)
+    runner = Runner(config, run_dir_of(config, args.run_dir))
+    ran = runner.run(only=args.only, start=args.start)
+    if not ran:
+        print(
+            f"Nothing to train: every stage in {runner.rundir.root} is finished and unchanged.",
+            file=sys.stderr,
+        )
+    if config.pipeline.evaluation and not args.no_eval and not args.only:
+        with runner.rundir.lock():
+            print_evaluation(runner.evaluate(), runner.rundir.root)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    config = load_config(args.config, args.overrides)
+    metrics = run_standalone(config, args.name, args.init_from, Path(args.out))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.rundir import CONFIG
+    from pipeline.runner import Runner
+
+    root = Path(args.run_dir)
+    if not (root / CONFIG).is_file():
+        raise UserError(f"'{root}' is not a run directory: it has no {CONFIG}.")
+    config = load_config(root / CONFIG, args.overrides)
+    runner = Runner(config, root)
+    if config.pipeline.evaluation is None:
+        raise UserError(f"The config of '{root}' has no 'evaluation' section.")
+    with runner.rundir.lock():
+        print_evaluation(runner.evaluate(force=True), root)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pipeline import demo_data
+
+    try:
+        paths = demo_data.write(args.task, args.out, args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    for split, path in paths.items():
+        print(f"{split:>12}: {path}")
+    return 0
+
+
+def print_evaluation(metrics: dict | None, root: Path) -> None:
+    from pipeline.report import format_table
+
+    if metrics:
+        print(format_table(metrics))
+        print(f"\nReport: {root / 'eval' / 'report.md'}")

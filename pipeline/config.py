@@ -1,0 +1,203 @@
+"""The one config surface: YAML + `a.b.c=value` overrides -> typed, validated dataclasses."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.config_schema import build, suggest, to_dict
+from pipeline.errors import ConfigError
+
+
+def input_field(default: Any = None, **kwargs: Any) -> Any:
+    """A config field naming another stage (by name) or a checkpoint (local path or hub id)."""
+    return field(default=default, metadata={"input": True}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """A model built from scratch. Ignored when the stage has `init_from`."""
+
+    family: Literal["llama", "gpt2", "qwen2"] = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    max_position_embeddings: int = 128
+    tokenizer: str | None = None  # path or hub id; None trains a BPE tokenizer on the corpus
+    vocab_size: int = 512  # of the trained tokenizer
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_heads ({self.num_heads})."
+            )
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class StageConfig:
+    """Keys every stage has."""
+
+    kind: str = ""
+    seed: int | None = None  # None: the pipeline's seed
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TrainingConfig(StageConfig):
+    """Keys of the stages that train with a Hugging Face Trainer (pretrain, sft, reward)."""
+
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"
+    eval_fraction: float = 0.05  # held out from `data` when `eval_data` is not given
+    eval_data: str | None = None
+    log_every: int = 10
+    checkpoint_every: int | None = None  # optimizer steps between resumable checkpoints
+
+    def __post_init__(self) -> None:
+        check_positive(self, "lr", "batch_size", "epochs")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"Config key '{name}' must be > 0, got {value}.")
+
+
+@dataclass
+class EvaluationConfig:
+    """Sampling and scoring of the policies before and after RL on held-out prompts."""
+
+    baseline: str = input_field("sft")  # the policy before RL
+    candidate: str = input_field("ppo")  # the policy after RL
+    reference: str | None = input_field(None)  # KL reference; None: the baseline policy
+    reward_model: str | None = input_field(None)  # learned reward model: stage name, path or hub id
+    gold: str | None = None  # `module:function` gold scorer, used only here
+    prompts: str = ""  # data source of held-out prompts, {"prompt"}
+    samples_per_prompt: int = 2
+    max_prompts: int | None = None
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    batch_size: int = 128
+    confidence: float = 0.95
+    bootstrap_resamples: int = 2000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive(self, "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
+
+
+@dataclass
+class PipelineConfig:
+    stages: dict[str, dict[str, Any]]
+    name: str = "run"
+    seed: int = 0
+    run_dir: str | None = None
+    threads: int | None = None  # torch threads; None: all cores
+    evaluation: EvaluationConfig | None = None
+
+
+@dataclass
+class ResolvedConfig:
+    """The pipeline config with every stage block typed by its kind."""
+
+    pipeline: PipelineConfig
+    stages: dict[str, StageConfig]
+    raw: dict[str, Any]
+    source: Path | None = None
+
+    def to_yaml(self) -> str:
+        data = to_dict(self.pipeline)
+        data["stages"] = {name: to_dict(cfg) for name, cfg in self.stages.items()}
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def stage_inputs(cfg: Any) -> dict[str, str]:
+    """The input fields of a stage config that are set: {field name: stage name, path or hub id}."""
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.metadata.get("input") and getattr(cfg, f.name)
+    }
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3e-4, true, [1,2] work)."""
+    if "=" not in assignment:
+        raise ConfigError(f"Override '{assignment}' must look like key.path=value.")
+    path, _, text = assignment.partition("=")
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"Override '{assignment}' has an empty key path.")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"Override '{assignment}': '{'.'.join(keys[: i + 1])}' is a value, not a section."
+            )
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Override '{assignment}': the value is not valid YAML ({exc}).") from exc
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must contain a mapping with a 'stages' section.")
+    return data
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), data: dict | None = None
+) -> ResolvedConfig:
+    """Read a YAML file (or take `data`), apply overrides, type every stage block by its kind."""
+    from stages import config_class, known_kinds
+
+    raw = copy.deepcopy(data) if data is not None else read_yaml(Path(path))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    pipeline = build(PipelineConfig, raw, "")
+    if not pipeline.stages:
+        raise ConfigError("The config has no stages: add a 'stages' section.")
+    typed: dict[str, StageConfig] = {}
+    for name, block in pipeline.stages.items():
+        block = dict(block or {})
+        kind = block.setdefault("kind", name)
+        if kind not in known_kinds():
+            raise ConfigError(
+                f"Stage '{name}' has unknown kind '{kind}'.{suggest(str(kind), known_kinds())} "
+                f"Known kinds: {', '.join(known_kinds())}."
+            )
+        typed[name] = build(config_class(kind), block, f"stages.{name}")
+    return ResolvedConfig(pipeline=pipeline, stages=typed, raw=raw, source=Path(path) if path else None)

@@ -1,0 +1,164 @@
+"""Loads the TRL data formats from local files, the embedded demo tasks or the hub, and validates them.
+
+A data source is a config string:
+  path/to/file.jsonl | .json | .parquet   a local file
+  demo:TASK/SPLIT                          the project's generated demo data (see pipeline/demo_data.py)
+  hf:ORG/NAME[:SPLIT]                      a hub dataset (default split: train)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DataError
+
+TEXT = ("text",)
+PROMPT_COMPLETION = ("prompt", "completion")
+PREFERENCE = ("prompt", "chosen", "rejected")
+PROMPT_ONLY = ("prompt",)
+
+
+def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[dict[str, str]]:
+    """Rows with exactly `columns`, each a non-empty string; anything else is a DataError naming the row."""
+    if not source:
+        raise DataError(
+            f"No {what} source is set: give a .jsonl/.json/.parquet path, demo:TASK/SPLIT or hf:NAME."
+        )
+    rows, origin = _read(source)
+    if not rows:
+        raise DataError(f"{origin} is empty: expected rows with fields {', '.join(columns)}.")
+    for index, row in enumerate(rows, start=1):
+        check_row(row, columns, f"{origin}, row {index}")
+    return rows
+
+
+def check_row(row: Any, columns: Sequence[str], where: str) -> None:
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{where}: expected a JSON object with fields {', '.join(columns)}, got {type(row).__name__}."
+        )
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise DataError(
+            f"{where}: missing field(s) {', '.join(missing)}; "
+            f"this data must have fields {', '.join(columns)}."
+        )
+    extra = [c for c in row if c not in columns]
+    if extra:
+        raise DataError(
+            f"{where}: unexpected field(s) {', '.join(map(str, extra))}; "
+            "this data must have exactly the fields "
+            f"{', '.join(columns)}."
+        )
+    for column in columns:
+        value = row[column]
+        if not isinstance(value, str):
+            raise DataError(
+                f"{where}: field '{column}' must be a string, got {type(value).__name__} {value!r:.60}."
+            )
+        if not value.strip():
+            raise DataError(f"{where}: field '{column}' is empty.")
+    if "chosen" in columns and row["chosen"] == row["rejected"]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair says nothing.")
+
+
+def _read(source: str) -> tuple[list[Any], str]:
+    if source.startswith("demo:"):
+        from pipeline import demo_data
+
+        task, _, split = source.removeprefix("demo:").partition("/")
+        try:
+            return demo_data.generate_split(task, split), f"demo data '{source}'"
+        except ValueError as exc:
+            raise DataError(f"Data source '{source}': {exc}") from exc
+    if source.startswith("hf:"):
+        return _read_hub(source.removeprefix("hf:")), f"hub dataset '{source}'"
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"Data file '{source}' does not exist.")
+    if path.is_dir():
+        raise DataError(f"Data source '{source}' is a directory; give a .jsonl, .json or .parquet file.")
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
+    if path.suffix not in readers:
+        raise DataError(
+            f"Data file '{source}' has suffix '{path.suffix}'; expected .jsonl, .json or .parquet."
+        )
+    return readers[path.suffix](path), f"file '{source}'"
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"File '{path}', line {line}: bytes that are not UTF-8 (at byte {exc.start})."
+        ) from exc
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    rows = []
+    for number, line in enumerate(_decode(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"File '{path}', line {number}: not valid JSON ({exc.msg}).") from exc
+    return rows
+
+
+def _read_json(path: Path) -> list[Any]:
+    try:
+        data = json.loads(_decode(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"File '{path}': not valid JSON ({exc.msg} at line {exc.lineno}).") from exc
+    if not isinstance(data, list):
+        raise DataError(f"File '{path}': expected a JSON list of objects, got {type(data).__name__}.")
+    return data
+
+
+def _read_parquet(path: Path) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"File '{path}': not a readable parquet file ({exc}).") from exc
+
+
+def _read_hub(name: str) -> list[Any]:
+    import datasets
+
+    name, _, split = name.partition(":")
+    try:
+        return datasets.load_dataset(name, split=split or "train").to_list()
+    except Exception as exc:  # network, missing dataset, missing split: all the user's to fix
+        raise DataError(
+            f"Hub dataset '{name}' (split '{split or 'train'}') could not be loaded: {exc}"
+        ) from exc
+
+
+def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A deterministic held-out split: (train, eval). Keeps at least one row on each side."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def train_and_eval(
+    source: str, eval_source: str | None, fraction: float, columns: Sequence[str], seed: int, what: str
+) -> tuple[list[dict], list[dict]]:
+    rows = load_rows(source, columns, what)
+    if eval_source:
+        return rows, load_rows(eval_source, columns, f"{what} (eval)")
+    return split_rows(rows, fraction, seed)

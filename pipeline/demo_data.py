@@ -1,0 +1,318 @@
+"""Embedded synthetic demo tasks ("reviews", "support"), every split generated from a seed. Held-out
+subjects / issues appear only in the pretraining corpus and eval_prompts, never in sft, prefs or prompts."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from reward_models.gold import (
+    INTENSIFIERS,
+    NEGATIVE_ADJECTIVES,
+    POSITIVE_ADJECTIVES,
+    reviews_gold,
+    support_gold,
+)
+
+TASKS: tuple[str, ...] = ("reviews", "support")
+SPLITS: tuple[str, ...] = ("corpus", "sft", "prefs", "prompts", "eval_prompts")
+SIZES: dict[str, int] = {"corpus": 4000, "sft": 2000, "prefs": 2000, "prompts": 512, "eval_prompts": 128}
+LABEL_NOISE = 0.1  # share of preference pairs whose chosen/rejected are swapped, like human raters
+UNFINISHED_RATE = 0.05  # share of SFT replies cut before their " .", a flaw RL can learn to fix
+HOLDOUT_EVERY = 4  # every 4th subject / issue is kept for eval_prompts only
+CORPUS_DIALOGUE_SHARE = 0.7  # the rest of the corpus is other sentences about the same things
+
+
+# ---------------------------------------------------------------- reviews: a tiny language of opinions
+class _Family(NamedTuple):
+    noun: str
+    subjects: tuple[str, ...]
+    aspects: tuple[str, ...]
+    neutral: tuple[str, ...]  # clauses that carry no sentiment
+
+
+_FAMILIES: dict[str, _Family] = {
+    "kitchen": _Family(
+        "kitchen tool",
+        ("blender", "toaster", "kettle", "coffee maker", "mixer", "microwave", "fridge", "oven"),
+        ("motor", "lid", "handle", "button", "cord", "design", "price", "timer"),
+        ("i bought it last week", "i use it every morning", "it came in a big box"),
+    ),
+    "gadget": _Family(
+        "gadget",
+        ("phone", "laptop", "tablet", "camera", "headphones", "speaker", "monitor", "printer"),
+        ("screen", "battery", "sound", "charger", "case", "design", "price", "software"),
+        ("i got it for my birthday", "i use it for work", "it arrived on monday"),
+    ),
+    "movie": _Family(
+        "movie",
+        ("thriller", "comedy", "western", "cartoon", "documentary", "musical", "sequel", "drama"),
+        ("plot", "acting", "music", "ending", "dialogue", "pacing", "cast", "script"),
+        ("i saw it last week", "i watched it with friends", "it is two hours long"),
+    ),
+    "book": _Family(
+        "book",
+        ("novel", "cookbook", "biography", "textbook", "memoir", "atlas", "poetry book", "travel guide"),
+        ("writing", "story", "cover", "paper", "binding", "layout", "index", "font"),
+        ("i read it on the train", "my sister gave it to me", "it has four hundred pages"),
+    ),
+    "gear": _Family(
+        "piece of outdoor gear",
+        ("jacket", "tent", "backpack", "boots", "umbrella", "sleeping bag", "scarf", "raincoat"),
+        ("fabric", "zipper", "color", "fit", "weight", "strap", "price", "stitching"),
+        ("i took it on a hike", "i wore it all winter", "it came in the mail"),
+    ),
+}
+_REVIEW_OPENERS = (
+    "review of",
+    "my review of",
+    "thoughts on",
+    "opinion on",
+    "what i think of",
+    "a few words on",
+)
+_SUBJECT_MODIFIERS = ("", "new ", "old ", "latest ", "first ", "second ", "popular ", "recent ")
+_REVIEW_VERBS = ("is", "was", "feels", "seems")
+_CONNECTIVES = ("and", "but", ", and", ", but", ",")
+
+
+def _review_pool(held_out: bool) -> list[tuple[str, str]]:
+    """(prompt, family) for every opener x modifier x subject on one side of the hold-out line."""
+    return [
+        (f"{opener} the {modifier}{subject} :", name)
+        for name, family in _FAMILIES.items()
+        for index, subject in enumerate(family.subjects)
+        if (index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) == held_out
+        for opener in _REVIEW_OPENERS
+        for modifier in _SUBJECT_MODIFIERS
+    ]
+
+
+def _opinion_clause(rng: random.Random, aspect: str, adjective: str) -> list[str]:
+    """One opinion such as "the motor is not very great"; adjectives are drawn 50/50 from both signs."""
+    subject = ["it"] if rng.random() < 0.2 else ["the", aspect]
+    negation = ["not"] if rng.random() < 0.2 else []
+    verb = rng.choice(_REVIEW_VERBS[:2] if negation else _REVIEW_VERBS)  # "seems not great" reads oddly
+    intensifier = [rng.choice(INTENSIFIERS)] if rng.random() < 0.3 else []
+    return subject + [verb] + negation + intensifier + [adjective]
+
+
+def _review_completion(rng: random.Random, family_name: str, unfinished_rate: float) -> str:
+    family = _FAMILIES[family_name]
+    n_clauses = rng.randint(1, 3)
+    aspects = rng.sample(family.aspects, n_clauses)  # distinct, so no "the lid ... the lid"
+    adjectives = rng.sample(POSITIVE_ADJECTIVES + NEGATIVE_ADJECTIVES, n_clauses)
+    neutral = rng.sample(family.neutral, n_clauses)
+    clauses = [
+        plain.split() if rng.random() < 0.15 else _opinion_clause(rng, aspect, adjective)
+        for aspect, adjective, plain in zip(aspects, adjectives, neutral)
+    ]
+    return _join_and_end(rng, clauses, _CONNECTIVES, unfinished_rate)
+
+
+def _review_filler(rng: random.Random) -> str:
+    family = _FAMILIES[rng.choice(list(_FAMILIES))]
+    subject = rng.choice(family.subjects)
+    first, second = rng.sample(family.aspects, 2)
+    return rng.choice(
+        (
+            f"the {subject} is a {family.noun} .",
+            f"people talk about the {first} and the {second} of the {subject} .",
+            f"about the {subject} : {rng.choice(family.neutral)} .",
+            f"the {first} of a {family.noun} matters .",
+        )
+    )
+
+
+# ---------------------------------------------------------------- support: customer and agent
+_ISSUES = (
+    "my order is late", "my package never arrived", "the item arrived broken", "i was charged twice",
+    "i want to return my shoes", "my password does not work", "the app keeps crashing",
+    "i got the wrong size", "my refund has not arrived", "the box was empty", "my account is locked",
+    "the tracking number is wrong", "the screen is cracked", "i need to change my address",
+    "my coupon did not work", "some parts are missing", "the charger stopped working",
+    "i got the wrong color", "my bill is too high", "the delivery went to my neighbor",
+    "the lamp will not turn on", "my subscription renewed by itself", "the zipper broke on day one",
+    "the manual is in the wrong language",
+)  # fmt: skip
+_GREETINGS = ("", "hi , ", "hello , ", "hey , ", "excuse me , ", "good morning , ")
+_COMPLAINT_TAILS = (
+    "",
+    " , please help",
+    " , what now",
+    " , can you help",
+    " , this is the second time",
+    " , i am upset",
+)
+_REPLY_PHRASES: dict[str, tuple[str, ...]] = {
+    "apology": (
+        "sorry for the delay", "sorry for the trouble", "i am sorry about that", "we apologize for this",
+    ),
+    "action": (
+        "i will refund you", "i will refund the charge", "i will send a replacement", "i will replace it",
+        "i will track your package", "let me track the order", "i will escalate this",
+        "i will escalate this to my manager",
+    ),
+    "thanks": ("thanks for waiting", "thank you for your patience", "thanks for telling us"),
+    "rude": (
+        "not my problem", "read the manual", "wait", "that is your fault", "call someone else",
+        "we can not help you",
+    ),
+    "neutral": ("let me check", "one moment please", "i see", "i understand", "ok"),
+}  # fmt: skip
+# tuned so the mean gold of a reply is close to 0: the rude phrases weigh against the polite ones
+_REPLY_CATEGORY_WEIGHTS = {"apology": 0.2, "action": 0.2, "thanks": 0.1, "rude": 0.35, "neutral": 0.15}
+_REPLY_JOINERS = (",", ".", "and")
+
+
+def _support_pool(held_out: bool) -> list[tuple[str, str]]:
+    """(prompt, issue) for every greeting x tail x issue on one side of the hold-out line."""
+    return [
+        (f"customer : {greeting}{issue}{tail} . agent :", issue)
+        for index, issue in enumerate(_ISSUES)
+        if (index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) == held_out
+        for greeting in _GREETINGS
+        for tail in _COMPLAINT_TAILS
+    ]
+
+
+def _support_completion(rng: random.Random, issue: str, unfinished_rate: float) -> str:
+    """1-3 phrases from a mix of polite, helpful, neutral and rude ones; the reply ignores the issue."""
+    names, weights = list(_REPLY_CATEGORY_WEIGHTS), list(_REPLY_CATEGORY_WEIGHTS.values())
+    categories = rng.choices(names, weights=weights, k=3)
+    phrases: list[str] = []
+    for category in categories[: rng.randint(1, 3)]:
+        unused = [p for p in _REPLY_PHRASES[category] if p not in phrases]  # the data never repeats itself
+        phrases.append(rng.choice(unused))
+    return _join_and_end(rng, [p.split() for p in phrases], _REPLY_JOINERS, unfinished_rate)
+
+
+def _support_filler(rng: random.Random) -> str:
+    phrase = rng.choice(_REPLY_PHRASES[rng.choice(list(_REPLY_PHRASES))])
+    return rng.choice(
+        (
+            f"a customer wrote that {rng.choice(_ISSUES)} .",
+            f"the agent said {phrase} .",
+            f"customer : {rng.choice(_ISSUES)} .",
+            f"agent : {phrase} .",
+        )
+    )
+
+
+# ---------------------------------------------------------------- shared pieces
+def _join_and_end(
+    rng: random.Random, clauses: list[list[str]], joiners: tuple[str, ...], unfinished_rate: float
+) -> str:
+    """Join clauses with random joiners and end with " ."; with unfinished_rate, stop early instead."""
+    tokens = list(clauses[0])
+    for clause in clauses[1:]:
+        tokens += rng.choice(joiners).split() + clause
+    if rng.random() < unfinished_rate:
+        cut = rng.randint(0, min(2, len(tokens) - 1))  # drop " ." and up to two more tokens
+        return " " + " ".join(tokens[: len(tokens) - cut])
+    return " " + " ".join(tokens) + " ."
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    train_pool: list[tuple[str, str]]  # (prompt, key the completion grammar needs)
+    eval_pool: list[tuple[str, str]]
+    completion: Callable[[random.Random, str, float], str]
+    filler: Callable[[random.Random], str]
+    gold: Callable[..., list[float]]
+
+
+_SPECS: dict[str, _TaskSpec] = {
+    "reviews": _TaskSpec(
+        _review_pool(False), _review_pool(True), _review_completion, _review_filler, reviews_gold
+    ),
+    "support": _TaskSpec(
+        _support_pool(False), _support_pool(True), _support_completion, _support_filler, support_gold
+    ),
+}
+
+
+def _corpus(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
+    """Pretraining text: whole dialogues about every subject (held-out ones too) plus other sentences."""
+    every_prompt = spec.train_pool + spec.eval_pool
+    rows = []
+    for _ in range(n):
+        if rng.random() < CORPUS_DIALOGUE_SHARE:
+            prompt, key = rng.choice(every_prompt)
+            rows.append({"text": prompt + spec.completion(rng, key, 0.0)})
+        else:
+            rows.append({"text": spec.filler(rng)})
+    return rows
+
+
+def _sft(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        prompt, key = rng.choice(spec.train_pool)
+        rows.append({"prompt": prompt, "completion": spec.completion(rng, key, UNFINISHED_RATE)})
+    return rows
+
+
+def _prefs(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
+    """Two SFT-style replies per prompt, ranked by the gold scorer, then LABEL_NOISE of pairs swapped."""
+    rows = []
+    while len(rows) < n:
+        prompt, key = rng.choice(spec.train_pool)
+        first, second = spec.completion(rng, key, UNFINISHED_RATE), spec.completion(rng, key, UNFINISHED_RATE)
+        first_score, second_score = spec.gold([prompt, prompt], [first, second])
+        if first == second or first_score == second_score:  # a tie teaches nothing
+            continue
+        chosen, rejected = (first, second) if first_score > second_score else (second, first)
+        if rng.random() < LABEL_NOISE:
+            chosen, rejected = rejected, chosen
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def _prompts(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
+    return [{"prompt": prompt} for prompt, _ in rng.sample(spec.train_pool, n)]
+
+
+def _eval_prompts(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
+    return [{"prompt": prompt} for prompt, _ in rng.sample(spec.eval_pool, n)]
+
+
+_BUILDERS: dict[str, Callable[[_TaskSpec, random.Random, int], list[dict]]] = {
+    "corpus": _corpus, "sft": _sft, "prefs": _prefs, "prompts": _prompts, "eval_prompts": _eval_prompts,
+}  # fmt: skip
+
+
+def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown demo {name} {value!r}; valid {name}s: {', '.join(valid)}")
+
+
+def generate_split(task: str, split: str, seed: int = 0) -> list[dict]:
+    """One split of a demo task; each split has its own RNG stream, so this is generate(task, seed)[split]."""
+    _check("task", task, TASKS)
+    _check("split", split, SPLITS)
+    rng = random.Random(f"{task}/{split}/{seed}")  # str seeds hash with sha512: same in every process
+    return _BUILDERS[split](_SPECS[task], rng, SIZES[split])
+
+
+def generate(task: str, seed: int = 0) -> dict[str, list[dict]]:
+    """All splits of a demo task. corpus: [{"text"}]; sft: [{"prompt","completion"}];
+    prefs: [{"prompt","chosen","rejected"}]; prompts (RL training prompts) and eval_prompts (held out):
+    [{"prompt"}]."""
+    _check("task", task, TASKS)
+    return {split: generate_split(task, split, seed) for split in SPLITS}
+
+
+def write(task: str, out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write every split as <out_dir>/<split>.jsonl, one JSON object per line; returns split -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, rows in generate(task, seed).items():
+        paths[split] = out_dir / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return paths

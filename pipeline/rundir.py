@@ -1,0 +1,127 @@
+"""The run directory contract: resolved config, manifest, one folder per stage, atomic publishing, lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+EVAL_DIR = "eval"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def prepare(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"Run directory '{self.root}' cannot be written: {exc.strerror or exc}.") from exc
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One rlhf process per run directory. flock is released by the OS if the holder dies."""
+        handle = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise UserError(
+                f"Run directory '{self.root}' is in use by another rlhf process. Wait for it to finish, "
+                "or pass a different --run-dir."
+            ) from exc
+        try:
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    # -- manifest -------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {"stages": {}}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"'{path}' is not valid JSON ({exc}); it was not written by rlhf.") from exc
+
+    def update_stage(self, name: str, **entry: Any) -> None:
+        manifest = self.manifest()
+        manifest.setdefault("stages", {}).setdefault(name, {}).update(entry)
+        atomic_write_json(self.root / MANIFEST, manifest)
+
+    def update_manifest(self, **entry: Any) -> None:
+        manifest = self.manifest()
+        manifest.update(entry)
+        atomic_write_json(self.root / MANIFEST, manifest)
+
+    def stage_entry(self, name: str) -> dict[str, Any]:
+        return self.manifest().get("stages", {}).get(name, {})
+
+    def is_finished(self, name: str) -> bool:
+        entry = self.stage_entry(name)
+        return entry.get("status") == "finished" and self.stage_path(name).is_dir()
+
+    # -- stage folders ----------------------------------------------------------------------------
+    def stage_path(self, name: str) -> Path:
+        return self.root / name
+
+    def work_path(self, name: str) -> Path:
+        return self.root / ".work" / name
+
+    def staging_path(self, name: str) -> Path:
+        """Where a stage writes while it runs; never mistaken for finished output."""
+        path = self.root / f".{name}.incomplete"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, staging: Path, name: str) -> Path:
+        """Replace the stage's folder by the completed staging folder (rename is the commit point)."""
+        final = self.stage_path(name)
+        if final.exists():
+            old = self.root / f".{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        return final

@@ -1,0 +1,333 @@
+"""Orders the stage graph, skips finished stages, runs the rest and records them in the manifest.
+
+The runner knows stages only by name, kind and input fields; it never knows how they train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ResolvedConfig, stage_inputs
+from pipeline.config_schema import suggest, to_dict
+from pipeline.errors import ConfigError, UserError
+from pipeline.log import log
+from pipeline.rundir import CONFIG, EVAL_DIR, RunDir, atomic_write_json, atomic_write_text
+
+
+@dataclass
+class StageNode:
+    name: str
+    kind: str
+    config: Any
+    inputs: dict[str, str]  # field -> raw value from the config
+    depends_on: list[str] = field(default_factory=list)
+
+
+def build_graph(config: ResolvedConfig) -> dict[str, StageNode]:
+    names = list(config.stages)
+    nodes = {}
+    for name, cfg in config.stages.items():
+        inputs = stage_inputs(cfg)
+        deps = [value for value in inputs.values() if value in config.stages]
+        for key, value in inputs.items():
+            check_input_reference(name, key, value, names)
+        nodes[name] = StageNode(name, cfg.kind, cfg, inputs, deps)
+    return nodes
+
+
+def check_input_reference(stage: str, key: str, value: str, stage_names: list[str]) -> None:
+    """An input is a stage of this pipeline, an existing path, or a hub id (`org/name`, or `hf:name`)."""
+    if value in stage_names or Path(value).exists() or "/" in value or value.startswith("hf:"):
+        return
+    raise ConfigError(
+        f"'{key}' of stage '{stage}' is '{value}', which is not a stage of this pipeline "
+        f"({', '.join(stage_names)}), an existing path or a hub id.{suggest(value, stage_names)} "
+        "(Write a hub id without an organisation as hf:NAME.)"
+    )
+
+
+def topological_order(nodes: dict[str, StageNode]) -> list[str]:
+    """Kahn's algorithm; ties keep the order of the config file. A cycle is refused, naming its stages."""
+    order: list[str] = []
+    remaining = dict(nodes)
+    while remaining:
+        ready = [n for n, node in remaining.items() if all(d in order for d in node.depends_on)]
+        if not ready:
+            raise ConfigError(
+                "The stages form a cycle through their inputs: "
+                + ", ".join(f"{n} <- {', '.join(remaining[n].depends_on)}" for n in remaining)
+                + ". Each stage may only take inputs from stages that do not depend on it."
+            )
+        order.append(ready[0])
+        del remaining[ready[0]]
+    return order
+
+
+def upstream(nodes: dict[str, StageNode], name: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        for dep in nodes[stack.pop()].depends_on:
+            if dep not in seen:
+                seen.add(dep)
+                stack.append(dep)
+    return seen
+
+
+def fingerprint(kind: str, config: Any, resolved_inputs: dict[str, str], input_prints: dict[str, str]) -> str:
+    """A stage is reusable when this hash is unchanged: its config plus what it was built from."""
+    payload = {"kind": kind, "config": to_dict(config), "inputs": resolved_inputs, "upstream": input_prints}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "rlhf-pipeline"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+class Runner:
+    def __init__(self, config: ResolvedConfig, run_dir: str | Path):
+        self.config = config
+        self.rundir = RunDir(run_dir)
+        self.nodes = build_graph(config)
+        self.order = topological_order(self.nodes)
+        self.prints: dict[str, str] = {}
+
+    # -- selection --------------------------------------------------------------------------------
+    def select(self, only: str | None, start: str | None) -> tuple[list[str], set[str]]:
+        """(stages to consider, in order; stages to force even if finished)."""
+        for flag, name in (("--only", only), ("--from", start)):
+            if name is not None and name not in self.nodes:
+                raise UserError(
+                    f"{flag} {name}: no such stage.{suggest(name, self.order)} "
+                    f"Stages: {', '.join(self.order)}."
+                )
+        if only:
+            return [only], {only}
+        if start:
+            forced = {n for n in self.order if n == start or start in upstream(self.nodes, n)}
+            return self.order, forced
+        return self.order, set()
+
+    def resolve_inputs(self, node: StageNode) -> dict[str, str]:
+        return {key: self.resolve(value) for key, value in node.inputs.items()}
+
+    def resolve(self, value: str) -> str:
+        """A stage name becomes its published folder; anything else is passed through as path / hub id."""
+        if value in self.nodes:
+            if not self.rundir.is_finished(value):
+                raise UserError(
+                    f"Stage '{value}' has not finished in '{self.rundir.root}', but a later stage needs it. "
+                    f"Run it first (e.g. `rlhf run ... --from {value}`)."
+                )
+            return str(self.rundir.stage_path(value))
+        return value.removeprefix("hf:")
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self, only: str | None = None, start: str | None = None) -> list[str]:
+        """Run the selected stages; returns the names of the stages that actually trained."""
+        self.rundir.prepare()
+        with self.rundir.lock():
+            atomic_write_text(self.rundir.root / CONFIG, self.config.to_yaml())
+            self.rundir.update_manifest(name=self.config.pipeline.name, order=self.order)
+            selected, forced = self.select(only, start)
+            ran = []
+            for name in self.order:
+                if name not in selected:
+                    self.prints[name] = self.rundir.stage_entry(name).get("fingerprint", "")
+                    continue
+                if self.run_stage(self.nodes[name], force=name in forced):
+                    ran.append(name)
+            return ran
+
+    def run_stage(self, node: StageNode, force: bool) -> bool:
+        inputs = self.resolve_inputs(node)
+        upstream_prints = {k: self.prints.get(v, "") for k, v in node.inputs.items() if v in self.nodes}
+        print_ = fingerprint(node.kind, node.config, {k: v for k, v in node.inputs.items()}, upstream_prints)
+        self.prints[node.name] = print_
+        entry = self.rundir.stage_entry(node.name)
+        if not force and self.rundir.is_finished(node.name) and entry.get("fingerprint") == print_:
+            log(f"[{node.name}] finished earlier with the same config and inputs: skipped")
+            return False
+        self.execute(node, inputs, print_)
+        return True
+
+    def execute(self, node: StageNode, inputs: dict[str, str], print_: str) -> None:
+        staging = self.rundir.staging_path(node.name)
+        started = time.time()
+        self.rundir.update_stage(
+            node.name,
+            status="running",
+            kind=node.kind,
+            started_at=_now(),
+            fingerprint=print_,
+            config_hash=fingerprint(node.kind, node.config, {}, {}),
+            inputs=inputs,
+        )
+        log(f"[{node.name}] running ({node.kind}) -> {self.rundir.stage_path(node.name)}")
+        try:
+            result = execute_stage(
+                node,
+                inputs,
+                staging,
+                self.rundir.work_path(node.name),
+                self.config.pipeline,
+                self.rundir.root,
+            )
+            self.rundir.publish(staging, node.name)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.rundir.update_stage(node.name, status="failed", error=str(exc)[:2000], finished_at=_now())
+            raise
+        wall = time.time() - started
+        self.rundir.update_stage(
+            node.name,
+            status="finished",
+            output=str(self.rundir.stage_path(node.name)),
+            metrics=result.metrics,
+            wall_time_s=round(wall, 2),
+            finished_at=_now(),
+            versions=library_versions(),
+        )
+        shutil.rmtree(self.rundir.work_path(node.name), ignore_errors=True)
+        log(f"[{node.name}] finished in {wall:.1f}s: {format_metrics(result.metrics)}")
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, force: bool = False) -> dict | None:
+        """Evaluate baseline vs candidate into <run-dir>/eval, unless it is up to date."""
+        from pipeline.evaluation import evaluate
+
+        cfg = self.config.pipeline.evaluation
+        if cfg is None:
+            return None
+        names = [v for v in stage_inputs(cfg).values() if v in self.nodes]
+        prints = {n: self.rundir.stage_entry(n).get("fingerprint", "") for n in names}
+        print_ = fingerprint("evaluation", cfg, stage_inputs(cfg), prints)
+        entry = self.rundir.manifest().get("evaluation", {})
+        if (
+            not force
+            and entry.get("fingerprint") == print_
+            and (self.rundir.root / EVAL_DIR / "metrics.json").exists()
+        ):
+            log("[eval] up to date with the stages it evaluates: skipped")
+            return json.loads((self.rundir.root / EVAL_DIR / "metrics.json").read_text())
+        candidate = cfg.candidate
+        history_file = self.rundir.stage_path(candidate) / "history.json"
+        history = json.loads(history_file.read_text()) if history_file.exists() else []
+        training = {"stage": candidate, **self.rundir.stage_entry(candidate).get("metrics", {})}
+        staging = self.rundir.staging_path(EVAL_DIR)
+        started = time.time()
+        try:
+            metrics = evaluate(cfg, self.resolve, staging, self.config.pipeline.seed, history, training)
+            self.rundir.publish(staging, EVAL_DIR)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.rundir.update_manifest(
+            evaluation={
+                "status": "finished",
+                "fingerprint": print_,
+                "finished_at": _now(),
+                "wall_time_s": round(time.time() - started, 2),
+                "output": str(self.rundir.root / EVAL_DIR),
+            }
+        )
+        return metrics
+
+
+def execute_stage(
+    node: StageNode, inputs: dict[str, str], staging: Path, work: Path, pipeline: Any, run_dir: Path | None
+) -> Any:
+    """Run one stage into `staging` (seeded, threads set) and write its metrics beside the model."""
+    from stages import stage_module
+    from stages.base import StageContext
+
+    seed = node.config.seed if node.config.seed is not None else pipeline.seed
+    work.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed, pipeline.threads)
+    ctx = StageContext(node.name, node.config, inputs, staging, work, seed, run_dir)
+    result = stage_module(node.kind).run(ctx)
+    atomic_write_json(
+        staging / "rlhf_stage.json",
+        {
+            "stage": node.name,
+            "kind": node.kind,
+            "metrics": result.metrics,
+            "config": to_dict(node.config),
+            "inputs": inputs,
+        },
+    )
+    if result.history:
+        atomic_write_json(staging / "history.json", result.history)
+    return result
+
+
+def run_standalone(config: ResolvedConfig, name: str, init_from: str | None, out: Path) -> dict[str, float]:
+    """`rlhf stage`: one stage of a config on any checkpoint, written to `out` (published atomically)."""
+    if name not in config.stages:
+        raise UserError(
+            f"No stage '{name}' in the config.{suggest(name, list(config.stages))} "
+            f"Stages: {', '.join(config.stages)}."
+        )
+    cfg = config.stages[name]
+    fields = [f.name for f in dataclasses.fields(cfg) if f.metadata.get("input")]
+    if init_from is not None:
+        setattr(cfg, fields[0], init_from)
+    inputs = stage_inputs(cfg)
+    for key, value in inputs.items():
+        if value in config.stages:
+            raise UserError(
+                f"Stage '{name}' takes '{key}' from stage '{value}', which does not exist outside a run. "
+                f"Give a path or hub id: --init-from for '{fields[0]}', or stages.{name}.{key}=PATH."
+            )
+    node = StageNode(name, cfg.kind, cfg, inputs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.incomplete"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    work = out.parent / f".{out.name}.work"
+    try:
+        result = execute_stage(
+            node, {k: v.removeprefix("hf:") for k, v in inputs.items()}, staging, work, config.pipeline, None
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    RunDir(out.parent).publish(staging, out.name)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"[{name}] wrote {out}: {format_metrics(result.metrics)}")
+    return result.metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+def seed_everything(seed: int, threads: int | None) -> None:
+    import torch
+    from transformers import set_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(seed)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,59 @@
+"""A learned reward model (*ForSequenceClassification) scored at each response's real last token."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.models import load_model, load_tokenizer, token_scores
+
+
+class LearnedRewardModel:
+    """Scores text exactly as TRL's RewardTrainer formatted it in training: prompt + completion + EOS."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "reward_model", batch_size: int = 128):
+        self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        name: str = "reward_model",
+        device: torch.device | str = "cpu",
+        trust_remote_code: bool = False,
+    ) -> LearnedRewardModel:
+        tokenizer = load_tokenizer(source, trust_remote_code)
+        model = load_model("AutoModelForSequenceClassification", source, trust_remote_code, num_labels=1)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model.to(device).eval().requires_grad_(False), tokenizer, name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        eos = self.tokenizer.eos_token_id
+        encoded = self.tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)
+        return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded["input_ids"]]
+
+    def score_texts(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        return self.score_ids(self.encode(prompts, completions))
+
+    @torch.no_grad()
+    def score_ids(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Score token sequences (each ends at its real last token); returns [N] float32 on the CPU."""
+        scores = []
+        for start in range(0, len(sequences), self.batch_size):
+            chunk = sequences[start : start + self.batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            per_token = token_scores(self.model, ids.to(self.device), mask.to(self.device))
+            last = torch.tensor([len(s) - 1 for s in chunk], device=self.device)
+            scores.append(per_token.gather(1, last[:, None]).squeeze(1).float().cpu())
+        return torch.cat(scores)
+
+    def __call__(self, prompts: list[str], completions: list[str], **kwargs) -> torch.Tensor:
+        return self.score_texts(prompts, completions)

@@ -1,0 +1,29 @@
+"""Training stages, one module per stage; this registry maps a stage kind to its module.
+
+A stage module defines `Config` (a dataclass, its input fields marked with `pipeline.config.input_field`)
+and `run(ctx: StageContext) -> StageResult`. A new stage is a new module plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_MODULES = {
+    "pretrain": "stages.pretrain",
+    "sft": "stages.sft",
+    "reward": "stages.reward",
+    "ppo": "stages.rl.stage",
+}
+
+
+def known_kinds() -> list[str]:
+    return list(_MODULES)
+
+
+def stage_module(kind: str) -> ModuleType:
+    return importlib.import_module(_MODULES[kind])
+
+
+def config_class(kind: str) -> type:
+    return stage_module(kind).Config

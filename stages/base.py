@@ -1,0 +1,24 @@
+"""What the runner hands a stage and what a stage hands back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StageContext:
+    name: str  # the stage's name in the pipeline
+    config: Any  # the stage module's typed Config
+    inputs: dict[str, str]  # input field -> local checkpoint path or hub id, resolved by the runner
+    out_dir: Path  # write the stage's output here; the runner publishes it once run() returns
+    work_dir: Path  # scratch space that survives a crash (resumable checkpoints)
+    seed: int
+    run_dir: Path | None = None
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)  # per-step training log (RL curves)

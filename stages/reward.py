@@ -1,0 +1,67 @@
+"""Reward model on {"prompt","chosen","rejected"} pairs (TRL's RewardTrainer); reports held-out accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import LoraConfig, TrainingConfig, input_field
+from pipeline.data import PREFERENCE, train_and_eval
+from pipeline.models import load_model, load_tokenizer
+from reward_models.learned import LearnedRewardModel
+from stages.base import StageContext, StageResult
+from stages.hf_trainer import last_checkpoint, peft_config, save_with_adapter, trainer_arguments
+
+
+@dataclass
+class Config(TrainingConfig):
+    init_from: str = input_field("sft")  # backbone: by default the SFT policy
+    data: str = ""
+    max_length: int = 128
+    center_rewards_coefficient: float | None = 0.01  # keeps scores near 0, so PPO's KL penalty stays in scale
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def pairwise_accuracy(scorer: LearnedRewardModel, rows: list[dict]) -> float:
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer.score_texts(prompts, [r["chosen"] for r in rows])
+    rejected = scorer.score_texts(prompts, [r["rejected"] for r in rows])
+    return (chosen > rejected).float().mean().item()
+
+
+def run(ctx: StageContext) -> StageResult:
+    import datasets
+    from trl import RewardConfig, RewardTrainer
+
+    cfg: Config = ctx.config
+    train_rows, eval_rows = train_and_eval(
+        cfg.data, cfg.eval_data, cfg.eval_fraction, PREFERENCE, ctx.seed, "preference data"
+    )
+    source = ctx.inputs["init_from"]
+    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    model = load_model("AutoModelForSequenceClassification", source, cfg.trust_remote_code, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    args = RewardConfig(
+        **trainer_arguments(cfg, ctx, bool(eval_rows)),
+        max_length=cfg.max_length,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+        dataset_num_proc=None,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora, "SEQ_CLS"),
+    )
+    metrics: dict[str, float] = {}
+    if eval_rows:
+        metrics["eval_accuracy_before"] = pairwise_accuracy(
+            LearnedRewardModel(trainer.model, tokenizer), eval_rows
+        )
+    metrics["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
+    if eval_rows:
+        metrics["eval_accuracy"] = pairwise_accuracy(LearnedRewardModel(trainer.model, tokenizer), eval_rows)
+        metrics["eval_pairs"] = float(len(eval_rows))
+    save_with_adapter(trainer.model, tokenizer, ctx.out_dir)
+    return StageResult(metrics=metrics)

@@ -1,0 +1,1 @@
+"""The RL engine: rollout, advantages, KL and losses for PPO, GRPO, RLOO and REINFORCE."""

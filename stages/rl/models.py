@@ -1,0 +1,61 @@
+"""The models an RL stage holds: the trainable policy, its frozen reference, and the value model.
+
+With LoRA the reference is the policy with its adapter disabled, so the base weights exist once. The policy
+checkpoint comes with any earlier LoRA already merged in (see stages/hf_trainer.save_with_adapter), which
+makes "adapter disabled" the SFT policy and not the bare pretrained base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+
+from pipeline.config import LoraConfig
+from pipeline.models import load_model
+
+
+def build_policy(source: str, lora: LoraConfig, trust_remote_code: bool = False) -> torch.nn.Module:
+    policy = load_model("AutoModelForCausalLM", source, trust_remote_code)
+    if lora.enabled:
+        from peft import get_peft_model
+
+        from stages.hf_trainer import peft_config
+
+        policy = get_peft_model(policy, peft_config(lora, "CAUSAL_LM"))
+    return policy
+
+
+def build_reference(policy: torch.nn.Module) -> torch.nn.Module | None:
+    """A frozen copy of the policy, or None when the policy's adapter can simply be switched off."""
+    if is_peft(policy):
+        return None
+    return copy.deepcopy(policy).eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def reference_mode(policy: torch.nn.Module, reference: torch.nn.Module | None) -> Iterator[torch.nn.Module]:
+    """Yields the module that computes reference log-probabilities."""
+    if reference is not None:
+        yield reference
+    else:
+        with policy.disable_adapter():
+            yield policy
+
+
+def build_value_model(
+    source: str, from_reward_model: bool, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """A scalar head on a backbone: the reward model's (head included) or the policy's (head zeroed)."""
+    model = load_model("AutoModelForSequenceClassification", source, trust_remote_code, num_labels=1)
+    if not from_reward_model:
+        torch.nn.init.zeros_(model.score.weight)
+    return model
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)

@@ -1,0 +1,118 @@
+"""Batched sampling with the KV cache, and the log-probabilities of sampled responses.
+
+Our own loop rather than `generate`: it stops as soon as every row has hit a stop token, takes any set of
+stop tokens, and uses exactly the positions and temperature that `response_logprobs` later scores with,
+so the policy's sampling and scoring distributions agree (KL to an identical reference is exactly zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.models import position_ids_from_mask
+from stages.rl.masking import response_mask
+
+
+@dataclass
+class Rollout:
+    query_ids: Tensor  # [B, P] left-padded prompts
+    query_mask: Tensor  # [B, P]
+    response_ids: Tensor  # [B, R] tokens after the first stop token replaced by pad
+    response_mask: Tensor  # [B, R] float, 1 up to and including the stop token
+    last_index: Tensor  # [B] index of each response's real last token
+    ended: Tensor  # [B] whether the response produced a stop token
+
+    @property
+    def sequence_ids(self) -> Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def sequence_mask(self) -> Tensor:
+        return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    stop_token_ids: Sequence[int],
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Ancestral sampling of up to `max_new_tokens` per prompt, one forward pass per token over the cache."""
+    batch = query_ids.shape[0]
+    stops = torch.tensor(list(stop_token_ids), device=query_ids.device)
+    attention = query_mask.long()
+    positions = position_ids_from_mask(attention)
+    output = model(input_ids=query_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    next_position = positions[:, -1:] + 1
+    done = torch.zeros(batch, dtype=torch.bool, device=query_ids.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(output.logits[:, -1].float() / temperature, dim=-1)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        done |= torch.isin(token, stops)
+        if bool(done.all()):
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        output = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=next_position,
+            use_cache=True,
+            **cache_of(output),
+        )
+        next_position = next_position + 1
+    response = torch.stack(tokens, dim=1)
+    mask, last_index, ended = response_mask(response, stop_token_ids)
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad_token_id))
+    return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended)
+
+
+def cache_of(output) -> dict:
+    """The KV cache to pass back: recent transformers call it `cache`, older `past_key_values`."""
+    if getattr(output, "cache", None) is not None:
+        return {"cache": output.cache}
+    return {"past_key_values": output.past_key_values}
+
+
+def response_logits(
+    model: torch.nn.Module, sequence_ids: Tensor, sequence_mask: Tensor, query_length: int
+) -> Tensor:
+    """Logits that predict each response token: [B, R, V] (position t-1 predicts token t)."""
+    output = model(
+        input_ids=sequence_ids,
+        attention_mask=sequence_mask,
+        position_ids=position_ids_from_mask(sequence_mask),
+        use_cache=False,
+    )
+    return output.logits[:, query_length - 1 : -1]
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """log pi(token) under the tempered distribution the tokens were sampled from: [B, R]."""
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def batched_response_logprobs(
+    model: torch.nn.Module, rollout: Rollout, temperature: float, batch_size: int
+) -> Tensor:
+    """No-grad log-probabilities of a whole rollout, in chunks to bound memory."""
+    ids, mask, width = rollout.sequence_ids, rollout.sequence_mask, rollout.query_ids.shape[1]
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            logits = response_logits(model, ids[part], mask[part], width)
+            chunks.append(token_logprobs(logits, rollout.response_ids[part], temperature))
+    return torch.cat(chunks)

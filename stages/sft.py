@@ -1,0 +1,64 @@
+"""Supervised fine-tuning on {"prompt","completion"} rows (TRL's SFTTrainer), loss on completions only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pipeline.config import LoraConfig, TrainingConfig, input_field
+from pipeline.data import PROMPT_COMPLETION, train_and_eval
+from pipeline.errors import ConfigError
+from pipeline.models import load_model, load_tokenizer
+from stages.base import StageContext, StageResult
+from stages.hf_trainer import last_checkpoint, peft_config, save_with_adapter, trainer_arguments
+
+
+@dataclass
+class Config(TrainingConfig):
+    init_from: str = input_field("pretrain")  # stage name, path or hub id of a causal LM
+    data: str = ""
+    max_length: int = 128
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.init_from:
+            raise ConfigError("stages.sft.init_from must name a stage, a model folder or a hub id.")
+
+
+def run(ctx: StageContext) -> StageResult:
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    cfg: Config = ctx.config
+    train_rows, eval_rows = train_and_eval(
+        cfg.data, cfg.eval_data, cfg.eval_fraction, PROMPT_COMPLETION, ctx.seed, "SFT data"
+    )
+    source = ctx.inputs["init_from"]
+    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    model = load_model("AutoModelForCausalLM", source, cfg.trust_remote_code)
+
+    args = SFTConfig(
+        **trainer_arguments(cfg, ctx, bool(eval_rows)),
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
+    )
+    metrics: dict[str, float] = {}
+    if eval_rows:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    metrics["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
+    if eval_rows:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    save_with_adapter(trainer.model, tokenizer, ctx.out_dir)
+    return StageResult(metrics=metrics)

@@ -1,0 +1,212 @@
+"""Tests of the embedded demo data (determinism, sizes, hold-out, label noise) and the gold scorers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from pipeline import demo_data
+from reward_models.gold import GOLD_SCORERS, reviews_gold, support_gold
+
+FIELDS = {
+    "corpus": {"text"},
+    "sft": {"prompt", "completion"},
+    "prefs": {"prompt", "chosen", "rejected"},
+    "prompts": {"prompt"},
+    "eval_prompts": {"prompt"},
+}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@cache
+def data(task: str, seed: int = 0) -> dict[str, list[dict]]:
+    return demo_data.generate(task, seed)
+
+
+# ---------------------------------------------------------------- determinism and shape
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_same_seed_same_data_other_seed_other_data(task):
+    assert demo_data.generate(task, seed=0) == data(task, 0)
+    other = data(task, 1)
+    for split in demo_data.SPLITS:
+        assert other[split] != data(task, 0)[split], split
+
+
+def test_generate_split_matches_generate():
+    assert demo_data.generate_split("reviews", "prefs", seed=3) == data("reviews", 3)["prefs"]
+
+
+def test_identical_in_a_fresh_process_with_another_hash_seed():
+    code = (
+        "import hashlib, json; from pipeline.demo_data import generate_split; "
+        "print(hashlib.sha256(json.dumps(generate_split('support', 'sft', 7)).encode()).hexdigest())"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    here = hashlib.sha256(json.dumps(demo_data.generate_split("support", "sft", 7)).encode()).hexdigest()
+    assert out.stdout.strip() == here, out.stderr
+
+
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_split_sizes_and_fields(task):
+    splits = data(task)
+    assert tuple(splits) == demo_data.SPLITS
+    for split, rows in splits.items():
+        assert len(rows) == demo_data.SIZES[split], split
+        assert all(set(row) == FIELDS[split] for row in rows), split
+        assert all(isinstance(value, str) and value for row in rows for value in row.values()), split
+
+
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_prompt_and_completion_format(task):
+    splits = data(task)
+    prompt_splits = ("sft", "prefs", "prompts", "eval_prompts")
+    prompts = [row["prompt"] for split in prompt_splits for row in splits[split]]
+    assert all(p == p.strip() and p.endswith(":") for p in prompts)  # no trailing space: completions bring it
+    completions = [row["completion"] for row in splits["sft"]]
+    assert all(c.startswith(" ") and c == " " + " ".join(c.split()) for c in completions)
+    assert max(len(c.split()) for c in completions) <= 23  # at most 3 clauses, ~20 words plus punctuation
+    unfinished = sum(not c.endswith(" .") for c in completions) / len(completions)
+    assert 0.02 < unfinished < 0.1
+
+
+def test_generate_is_fast():
+    start = time.perf_counter()
+    demo_data.generate("support", seed=11)
+    assert time.perf_counter() - start < 1.0
+
+
+# ---------------------------------------------------------------- held-out evaluation prompts
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_eval_prompts_unique_and_disjoint_from_training(task):
+    splits = data(task)
+    eval_prompts = [row["prompt"] for row in splits["eval_prompts"]]
+    assert len(set(eval_prompts)) == len(eval_prompts)
+    training = {row["prompt"] for split in ("sft", "prefs", "prompts") for row in splits[split]}
+    assert not training & set(eval_prompts)
+
+
+def _held_out_things(task: str) -> list[str]:
+    """The subjects (reviews) or customer issues (support) that the eval prompts are about."""
+    if task == "reviews":
+        return [s for family in demo_data._FAMILIES.values() for s in family.subjects]
+    return list(demo_data._ISSUES)
+
+
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_eval_subjects_never_seen_in_training_prompts(task):
+    splits = data(task)
+    training = [row["prompt"] for split in ("sft", "prefs", "prompts") for row in splits[split]]
+    evaluation = [row["prompt"] for row in splits["eval_prompts"]]
+
+    def mention(thing: str, prompt: str) -> bool:
+        return prompt.endswith(f" {thing} :") if task == "reviews" else thing in prompt
+
+    held_out = {t for t in _held_out_things(task) if any(mention(t, p) for p in evaluation)}
+    assert len(held_out) >= 5
+    assert not any(mention(t, p) for t in held_out for p in training)
+
+
+# ---------------------------------------------------------------- preferences and SFT statistics
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_prefs_are_gold_ranked_with_about_ten_percent_noise(task):
+    prefs = data(task)["prefs"]
+    gold = GOLD_SCORERS[task]
+    chosen = gold([r["prompt"] for r in prefs], [r["chosen"] for r in prefs])
+    rejected = gold([r["prompt"] for r in prefs], [r["rejected"] for r in prefs])
+    assert all(r["chosen"] != r["rejected"] for r in prefs)
+    assert all(c != r for c, r in zip(chosen, rejected))  # ties were skipped
+    agreement = sum(c > r for c, r in zip(chosen, rejected)) / len(prefs)
+    assert 0.80 <= agreement <= 0.97
+
+
+@pytest.mark.parametrize("task", demo_data.TASKS)
+def test_sft_sentiment_is_mixed(task):
+    sft = data(task)["sft"]
+    scores = GOLD_SCORERS[task]([r["prompt"] for r in sft], [r["completion"] for r in sft])
+    assert -0.5 <= statistics.mean(scores) <= 0.5
+    assert statistics.pstdev(scores) >= 1.0
+    assert all(-5.0 <= s <= 5.0 for s in scores)
+
+
+# ---------------------------------------------------------------- gold scorers, worked by hand
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (" the plot is great .", 1.0),  # one positive adjective
+        (" the lid is awful .", -1.0),  # one negative adjective
+        (" the plot is not great .", -1.0),  # negation flips +1 -> -1
+        (" the motor is very good .", 1.5),  # intensifier: +1 x 1.5
+        (" the motor is not really bad .", 1.5),  # -1 x 1.5, then flipped by "not"
+        (" the motor is great but the lid is awful .", 0.0),  # +1 - 1
+        (" it is great and great and great .", 1.0),  # "great" counts once, not 3 times
+        (" the plot is great , the cast is great .", 1.0),  # the same adjective in two clauses: once
+        (" the plot is great and the cast is superb .", 2.0),  # two distinct adjectives: +1 +1
+        (" the plot is great but", 0.0),  # +1, then -1: no final " ."
+        (" the plot is great .  \n", 1.0),  # trailing whitespace is not "unfinished"
+        ("", -1.0),  # nothing said: unfinished
+        (" i saw it last week .", 0.0),  # no sentiment at all
+        # four distinct intensified positives: 4 x 1.5 = 6, clipped to 5
+        (" it is very great , it is very good , it is very nice , it is very lovely .", 5.0),
+    ],
+)
+def test_reviews_gold_examples(completion, expected):
+    assert reviews_gold([""], [completion]) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (" sorry for the delay .", 1.0),  # apology
+        (" i will refund you .", 1.5),  # concrete action
+        (" thanks for waiting .", 0.5),  # thanks ("waiting" is not the rude "wait")
+        (" not my problem .", -1.5),  # rude
+        (" sorry for the delay , i will refund you .", 2.5),  # 1 + 1.5
+        (" sorry , sorry , i am sorry .", 1.0),  # apologising three times counts once
+        (" i will refund you and i will send a replacement .", 3.0),  # two distinct actions: 1.5 + 1.5
+        (" i will refund you . i will refund the charge .", 1.5),  # the same action twice: once
+        (" wait . read the manual .", -3.0),  # two distinct rude phrases: -1.5 - 1.5
+        (" sorry for the delay , i will refund", 1.5),  # 1 + 1.5, then -1: unfinished
+        (" one moment please .", 0.0),  # neutral
+    ],
+)
+def test_support_gold_examples(completion, expected):
+    assert support_gold(["customer : my order is late . agent :"], [completion]) == [expected]
+
+
+def test_gold_accepts_conversational_completions_and_extra_kwargs():
+    completions = [[{"role": "assistant", "content": " the plot is great ."}]]
+    assert reviews_gold(prompts=["x"], completions=completions, completion_ids=[[1, 2]], label=[0]) == [1.0]
+
+
+def test_every_support_reply_phrase_scores_as_its_category():
+    expected = {"apology": 1.0, "action": 1.5, "thanks": 0.5, "rude": -1.5, "neutral": 0.0}
+    for category, phrases in demo_data._REPLY_PHRASES.items():
+        for phrase in phrases:
+            assert support_gold([""], [f" {phrase} ."]) == [expected[category]], phrase
+
+
+# ---------------------------------------------------------------- files and errors
+def test_write_round_trips_through_json(tmp_path):
+    paths = demo_data.write("reviews", tmp_path / "demo", seed=2)
+    assert set(paths) == set(demo_data.SPLITS)
+    for split, path in paths.items():
+        assert path == tmp_path / "demo" / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert rows == data("reviews", 2)[split]
+
+
+def test_unknown_task_or_split_names_the_valid_ones():
+    with pytest.raises(ValueError, match="reviews, support"):
+        demo_data.generate("weather")
+    with pytest.raises(ValueError, match="corpus, sft, prefs, prompts, eval_prompts"):
+        demo_data.generate_split("reviews", "test")

@@ -1,0 +1,197 @@
+"""Tests for pipeline.report: verdict, tables, training-curve PNG and sample rendering."""
+
+from pathlib import Path
+
+from pipeline.report import format_table, plot_training_curves, render_markdown, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _estimate(mean: float, low: float, high: float, n: int = 256) -> dict:
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n": n}
+
+
+def _metrics(gold_difference: dict | None, proxy_difference: dict) -> dict:
+    """A metrics dict in the eval/metrics.json schema; gold left out when `gold_difference` is None."""
+
+    def policy(gold: float, proxy: float, kl: float, length: float) -> dict:
+        rewards = {"reward_model": _estimate(proxy, proxy - 0.2, proxy + 0.2)}
+        if gold_difference is not None:
+            rewards = {"gold": _estimate(gold, gold - 0.2, gold + 0.2), **rewards}
+        return {
+            "rewards": rewards,
+            "kl_to_reference": _estimate(kl, kl, kl + 0.01 if kl else kl),
+            "response_length": _estimate(length, length - 0.5, length + 0.5),
+        }
+
+    differences = {"reward_model": proxy_difference}
+    if gold_difference is not None:
+        differences = {"gold": gold_difference, **differences}
+    return {
+        "baseline": "sft",
+        "candidate": "ppo",
+        "policies": {"sft": policy(0.1, -0.3, 0.0, 9.5), "ppo": policy(1.3, 0.9, 0.42, 12.25)},
+        "differences": differences,
+        "settings": {
+            "n_prompts": 128,
+            "samples_per_prompt": 2,
+            "temperature": 1.0,
+            "max_new_tokens": 24,
+            "seed": 0,
+        },
+        "training": {"stage": "ppo", "steps": 32, "episodes": 512},
+    }
+
+
+IMPROVED = _metrics(_estimate(1.2, 0.9, 1.5, 128), _estimate(1.2, 1.0, 1.4, 128))
+UNCHANGED = _metrics(_estimate(0.05, -0.1, 0.2, 128), _estimate(0.04, -0.12, 0.2, 128))
+HACKED = _metrics(_estimate(-0.02, -0.2, 0.16, 128), _estimate(0.8, 0.6, 1.0, 128))
+
+SAMPLES = [
+    {
+        "policy": policy,
+        "prompt": f"prompt {i}",
+        "completion": f"{policy} says {i}.{k}",
+        "rewards": {"gold": 0.25 * i + (1.0 if policy == "ppo" else 0.0), "reward_model": -0.5 + k},
+        "sample_index": k,
+    }
+    for i in range(8)
+    for k in (1, 0)
+    for policy in ("sft", "ppo")
+]
+HISTORY = [{"step": step, "reward": 0.1 * step, "kl": 0.01 * step, "loss": 1.0} for step in range(5)]
+
+
+def test_report_contains_table_settings_plot_and_improvement_verdict(tmp_path: Path) -> None:
+    report_path = write_report(tmp_path / "eval", IMPROVED, SAMPLES, HISTORY)
+    assert report_path == tmp_path / "eval" / "report.md"
+    report = report_path.read_text()
+    assert report.startswith("# Evaluation: PPO vs SFT")
+    assert (
+        "The PPO policy's mean gold score is 1.200 higher than the SFT policy's (95% CI 0.900 to 1.500): "
+        "a real improvement." in report
+    )
+    assert "fooling" not in report
+    assert "| reward: gold | 0.100 [-0.100, 0.300] | 1.300 [1.100, 1.500] | 1.200 [0.900, 1.500] |" in report
+    assert (
+        "| reward: reward_model | -0.300 [-0.500, -0.100] | 0.900 [0.700, 1.100] | 1.200 [1.000, 1.400] |"
+        in report
+    )
+    assert "| KL to reference | 0.000 [0.000, 0.000] | 0.420 [0.420, 0.430] | — |" in report
+    assert "| response length | 9.500 [9.000, 10.000] | 12.250 [11.750, 12.750] | — |" in report
+    assert "- samples_per_prompt: 2" in report and "- episodes: 512" in report
+    assert "![training curves](training_curves.png)" in report
+    png = tmp_path / "eval" / "training_curves.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_verdict_when_interval_includes_zero() -> None:
+    report = render_markdown(UNCHANGED, SAMPLES, None)
+    assert (
+        "The PPO policy's mean gold score is 0.050 higher than the SFT policy's (95% CI -0.100 to 0.200): "
+        "not distinguishable from zero" in report
+    )
+    assert "real improvement" not in report and "fooling" not in report
+
+
+def test_verdict_warns_when_proxy_rises_but_gold_does_not() -> None:
+    report = render_markdown(HACKED, SAMPLES, None)
+    assert "mean gold score is 0.020 lower than the SFT policy's (95% CI -0.200 to 0.160)" in report
+    warning = "Yet the reward_model score rose by 0.800 (95% CI 0.600 to 1.000) while the gold score did not"
+    assert warning in report
+    assert "the policy may be fooling the reward model" in report
+
+
+def test_verdict_without_gold_scorer_judges_the_proxy_and_says_so() -> None:
+    metrics = _metrics(None, _estimate(0.5, 0.25, 0.75, 128))
+    report = render_markdown(metrics, SAMPLES, None)
+    assert "mean reward_model score is 0.500 higher than the SFT policy's (95% CI 0.250 to 0.750)" in report
+    assert "no gold scorer" in report
+    assert "reward: gold" not in report
+
+
+def test_verdict_for_a_real_decline() -> None:
+    metrics = _metrics(_estimate(-0.4, -0.6, -0.2, 128), _estimate(-0.1, -0.3, 0.1, 128))
+    assert "0.400 lower than the SFT policy's (95% CI -0.600 to -0.200): a real decline." in render_markdown(
+        metrics, [], None
+    )
+
+
+def test_empty_history_writes_no_png_and_no_image_link(tmp_path: Path) -> None:
+    # A plot from an earlier run must not survive next to a report that has no history.
+    write_report(tmp_path, IMPROVED, SAMPLES, HISTORY)
+    report = write_report(tmp_path, IMPROVED, SAMPLES, []).read_text()
+    assert not (tmp_path / "training_curves.png").exists()
+    assert "![" not in report
+    assert plot_training_curves([], tmp_path / "unused.png") is None
+    assert not (tmp_path / "unused.png").exists()
+
+
+def test_plot_tolerates_rows_without_kl(tmp_path: Path) -> None:
+    history = [{"step": 0, "reward": 0.0}, {"step": 1, "reward": 0.5}]
+    path = plot_training_curves(history, tmp_path / "curves.png")
+    assert path is not None and path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_samples_side_by_side_for_first_prompts_with_rewards() -> None:
+    report = render_markdown(IMPROVED, SAMPLES, None, n_examples=2)
+    assert "**Prompt 1.** `prompt 0`" in report and "**Prompt 2.** `prompt 1`" in report
+    assert "prompt 2" not in report
+    # The lowest sample_index per policy is shown, though sample 1 came first in the list.
+    assert "| completion | `sft says 1.0` | `ppo says 1.0` |" in report
+    assert "| gold | 0.250 | 1.250 |" in report
+    assert "| reward_model | -0.500 | -0.500 |" in report
+
+
+def test_pipe_in_completion_is_escaped_and_backticks_survive() -> None:
+    samples = [
+        {
+            "policy": "sft",
+            "prompt": "a|b",
+            "completion": "x | y",
+            "rewards": {"gold": 0.0},
+            "sample_index": 0,
+        },
+        {
+            "policy": "ppo",
+            "prompt": "a|b",
+            "completion": "use `ls`\nthen",
+            "rewards": {"gold": 1.0},
+            "sample_index": 0,
+        },
+    ]
+    report = render_markdown(IMPROVED, samples, None)
+    assert "| completion | `x \\| y` | ``use `ls`\\nthen`` |" in report
+    assert "x | y" not in report
+
+
+def test_format_table_is_aligned_plain_text() -> None:
+    table = format_table(IMPROVED)
+    lines = table.splitlines()
+    assert lines[0] == "mean [95% CI]"
+    assert lines[1].split() == ["metric", "SFT", "(before)", "PPO", "(after)", "difference"]
+    assert "|" not in table
+    rows = lines[3:]
+    assert [row.split("  ")[0].strip() for row in rows] == [
+        "reward: gold",
+        "reward: reward_model",
+        "KL to reference",
+        "response length",
+    ]
+    assert rows[0].endswith("1.200 [0.900, 1.500]")
+    # Right-aligned numeric columns: every "after" value ends at the same column.
+    after_values = [
+        "1.300 [1.100, 1.500]",
+        "0.900 [0.700, 1.100]",
+        "0.420 [0.420, 0.430]",
+        "12.250 [11.750, 12.750]",
+    ]
+    after_ends = {row.index(value) + len(value) for row, value in zip(rows, after_values)}
+    assert len(after_ends) == 1
+
+
+def test_negative_zero_is_printed_as_zero() -> None:
+    metrics = _metrics(_estimate(-0.0001, -0.2, 0.2, 128), _estimate(0.0, -0.1, 0.1, 128))
+    report = render_markdown(metrics, [], None)
+    assert "-0.000" not in report
+    assert "0.000 lower" in report
