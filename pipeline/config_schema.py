@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Union
 
 from pipeline.errors import ConfigError
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def suggest(key: str, valid: list[str]) -> str:
@@ -83,6 +86,8 @@ def coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads 3e-4 as a string
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"Config key '{where}' must be {_article(hint)}, got {_kind(value)} {value!r}.")
     return value
