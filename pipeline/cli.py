@@ -84,15 +84,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     runner = Runner(config, run_dir_of(config, args.run_dir))
-    ran = runner.run(only=args.only, start=args.start)
+    evaluate = bool(config.pipeline.evaluation) and not args.no_eval and not args.only
+    ran = runner.run(only=args.only, start=args.start, evaluate=evaluate)
     if not ran:
         print(
             f"Nothing to train: every stage in {runner.rundir.root} is finished and unchanged.",
             file=sys.stderr,
         )
-    if config.pipeline.evaluation and not args.no_eval and not args.only:
-        with runner.rundir.lock():
-            print_evaluation(runner.evaluate(), runner.rundir.root)
+    if evaluate:
+        print_evaluation(runner.evaluation, runner.rundir.root)
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.config_schema import build, suggest, to_dict
+from pipeline.config_schema import InvalidValue, build, suggest, to_dict
 from pipeline.errors import ConfigError
 
 
@@ -34,9 +34,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                f"model.num_heads ({self.num_heads})."
+            raise InvalidValue(
+                "hidden_size", f"({self.hidden_size}) must be divisible by num_heads ({self.num_heads})."
             )
 
 
@@ -77,14 +76,14 @@ class TrainingConfig(StageConfig):
     def __post_init__(self) -> None:
         check_positive(self, "lr", "batch_size", "epochs")
         if not 0.0 <= self.eval_fraction < 1.0:
-            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+            raise InvalidValue("eval_fraction", f"must be in [0, 1), got {self.eval_fraction}.")
 
 
 def check_positive(cfg: Any, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
-            raise ConfigError(f"Config key '{name}' must be > 0, got {value}.")
+            raise InvalidValue(name, f"must be > 0, got {value}.")
 
 
 @dataclass
@@ -101,6 +100,7 @@ class EvaluationConfig:
     max_prompts: int | None = None
     max_new_tokens: int = 24
     temperature: float = 1.0
+    stop_token: str | None = None  # None: the tokenizer's EOS (set it like the RL stage's stop_token)
     batch_size: int = 128
     confidence: float = 0.95
     bootstrap_resamples: int = 2000
@@ -163,16 +163,28 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     try:
         node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Override '{assignment}': the value is not valid YAML ({exc}).") from exc
+        problem = getattr(exc, "problem", None) or exc  # the one-line reason, without the position dump
+        raise ConfigError(f"Override '{assignment}': the value is not valid YAML ({problem}).") from exc
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"Config file '{path}' is a directory; give a YAML file.")
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' does not exist.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file '{path}' is not UTF-8 text (bad byte at offset {exc.start})."
+        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {where}{problem}.") from exc
+    except OSError as exc:
+        raise ConfigError(f"Config file '{path}' cannot be read: {exc.strerror or exc}.") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"Config file '{path}' must contain a mapping with a 'stages' section.")
     return data
@@ -200,4 +212,8 @@ def load_config(
                 f"Known kinds: {', '.join(known_kinds())}."
             )
         typed[name] = build(config_class(kind), block, f"stages.{name}")
+        if typed[name].seed is None:  # resolved here so the seed is saved and fingerprinted with the stage
+            typed[name].seed = pipeline.seed
+    if pipeline.evaluation is not None and pipeline.evaluation.seed is None:
+        pipeline.evaluation.seed = pipeline.seed
     return ResolvedConfig(pipeline=pipeline, stages=typed, raw=raw, source=Path(path) if path else None)

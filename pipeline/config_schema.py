@@ -14,6 +14,14 @@ from pipeline.errors import ConfigError
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+class InvalidValue(ConfigError):
+    """A bad value found by a config class's own checks; `build` prefixes the key with its section's path."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"Config key '{key}' {problem}")
+        self.key, self.problem = key, problem
+
+
 def suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
@@ -37,6 +45,12 @@ def build(cls: type, data: Any, where: str) -> Any:
     values = {key: coerce(hints[key], value, _join(where, key)) for key, value in data.items()}
     try:
         return cls(**values)
+    except InvalidValue as exc:
+        raise InvalidValue(_join(where, exc.key), exc.problem) from exc
+    except ConfigError as exc:  # a check that does not name its key: name the section
+        if not where or where in str(exc):
+            raise
+        raise ConfigError(f"Config section '{where}': {exc}") from exc
     except TypeError as exc:  # a required key is missing
         missing = [n for n, f in fields.items() if n not in values and _required(f)]
         raise ConfigError(

@@ -28,11 +28,11 @@ def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[d
         raise DataError(
             f"No {what} source is set: give a .jsonl/.json/.parquet path, demo:TASK/SPLIT or hf:NAME."
         )
-    rows, origin = _read(source)
+    rows, origin, places = _read(source)
     if not rows:
         raise DataError(f"{origin} is empty: expected rows with fields {', '.join(columns)}.")
-    for index, row in enumerate(rows, start=1):
-        check_row(row, columns, f"{origin}, row {index}")
+    for row, place in zip(rows, places):
+        check_row(row, columns, f"{origin}, {place}")
     return rows
 
 
@@ -66,32 +66,43 @@ def check_row(row: Any, columns: Sequence[str], where: str) -> None:
         raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair says nothing.")
 
 
-def _read(source: str) -> tuple[list[Any], str]:
+def _read(source: str) -> tuple[list[Any], str, list[str]]:
+    """(rows, where they came from, where each row is: 'line N' in a .jsonl file, 'row N' elsewhere)."""
     if source.startswith("demo:"):
         from pipeline import demo_data
 
         task, _, split = source.removeprefix("demo:").partition("/")
         try:
-            return demo_data.generate_split(task, split), f"demo data '{source}'"
+            return _numbered(demo_data.generate_split(task, split), f"demo data '{source}'")
         except ValueError as exc:
             raise DataError(f"Data source '{source}': {exc}") from exc
     if source.startswith("hf:"):
-        return _read_hub(source.removeprefix("hf:")), f"hub dataset '{source}'"
+        return _numbered(_read_hub(source.removeprefix("hf:")), f"hub dataset '{source}'")
     path = Path(source)
     if not path.exists():
         raise DataError(f"Data file '{source}' does not exist.")
     if path.is_dir():
         raise DataError(f"Data source '{source}' is a directory; give a .jsonl, .json or .parquet file.")
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
+    readers = {".json": _read_json, ".parquet": _read_parquet}
+    if path.suffix == ".jsonl":
+        lines, rows = _read_jsonl(path)
+        return rows, f"file '{source}'", [f"line {n}" for n in lines]
     if path.suffix not in readers:
         raise DataError(
             f"Data file '{source}' has suffix '{path.suffix}'; expected .jsonl, .json or .parquet."
         )
-    return readers[path.suffix](path), f"file '{source}'"
+    return _numbered(readers[path.suffix](path), f"file '{source}'")
+
+
+def _numbered(rows: list[Any], origin: str) -> tuple[list[Any], str, list[str]]:
+    return rows, origin, [f"row {n}" for n in range(1, len(rows) + 1)]
 
 
 def _decode(path: Path) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"Data file '{path}' cannot be read: {exc.strerror or exc}.") from exc
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -101,16 +112,19 @@ def _decode(path: Path) -> str:
         ) from exc
 
 
-def _read_jsonl(path: Path) -> list[Any]:
-    rows = []
-    for number, line in enumerate(_decode(path).splitlines(), start=1):
+def _read_jsonl(path: Path) -> tuple[list[int], list[Any]]:
+    """(line number of each row, rows); blank lines are skipped."""
+    numbers, rows = [], []
+    # split on "\n" only: splitlines() also breaks at U+2028 and friends, which JSON strings may hold raw
+    for number, line in enumerate(_decode(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataError(f"File '{path}', line {number}: not valid JSON ({exc.msg}).") from exc
-    return rows
+        numbers.append(number)
+    return numbers, rows
 
 
 def _read_json(path: Path) -> list[Any]:

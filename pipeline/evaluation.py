@@ -33,26 +33,29 @@ def sample_policy(
     from stages.rl.rollout import batched_response_logprobs, sample
     from stages.rl.stage import left_pad
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(source)
-    policy = load_model("AutoModelForCausalLM", source).eval()
-    reference = (
-        policy if reference_source == source else load_model("AutoModelForCausalLM", reference_source).eval()
+    stop_ids = (
+        tokenizer.convert_tokens_to_ids([cfg.stop_token]) if cfg.stop_token else [tokenizer.eos_token_id]
     )
-    generator = torch.Generator().manual_seed(seed)
+    policy = load_model("AutoModelForCausalLM", source).to(device).eval()
+    reference = policy
+    if reference_source != source:
+        reference = load_model("AutoModelForCausalLM", reference_source).to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     encoded = tokenizer(repeated, add_special_tokens=False)["input_ids"]
     out = PolicySamples([], [], [])
     for start in tqdm(range(0, len(repeated), cfg.batch_size), desc=desc, leave=False):
-        query_ids, query_mask = left_pad(
-            encoded[start : start + cfg.batch_size], tokenizer.pad_token_id, "cpu"
-        )
+        batch = encoded[start : start + cfg.batch_size]
+        query_ids, query_mask = left_pad(batch, tokenizer.pad_token_id, device)
         rollout = sample(
             policy,
             query_ids,
             query_mask,
             cfg.max_new_tokens,
             cfg.temperature,
-            [tokenizer.eos_token_id],
+            stop_ids,
             tokenizer.pad_token_id,
             generator,
         )
@@ -72,7 +75,8 @@ def reward_sources(cfg: EvaluationConfig, resolve: Callable[[str], str]) -> dict
     if cfg.gold:
         sources["gold"] = FunctionReward(cfg.gold)
     if cfg.reward_model:
-        sources["reward_model"] = LearnedRewardModel.load(resolve(cfg.reward_model))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        sources["reward_model"] = LearnedRewardModel.load(resolve(cfg.reward_model), device=device)
     return sources
 
 
@@ -106,9 +110,9 @@ def evaluate(
         drawn = sample_policy(resolve(name), reference, prompts, cfg, seed, f"eval {name}")
         rewards[role] = {key: fn(repeated, drawn.completions).tolist() for key, fn in sources.items()}
         per_policy[name] = {
-            "rewards": {k: estimate(v, cfg, seed) for k, v in rewards[role].items()},
-            "kl_to_reference": estimate(drawn.kl, cfg, seed),
-            "response_length": estimate([float(n) for n in drawn.lengths], cfg, seed),
+            "rewards": {k: estimate(v, repeated, cfg, seed) for k, v in rewards[role].items()},
+            "kl_to_reference": estimate(drawn.kl, repeated, cfg, seed),
+            "response_length": estimate([float(n) for n in drawn.lengths], repeated, cfg, seed),
         }
         for i, (prompt, completion) in enumerate(zip(repeated, drawn.completions)):
             samples.append(
@@ -155,7 +159,9 @@ def evaluate(
     return metrics
 
 
-def estimate(values: list[float], cfg: EvaluationConfig, seed: int) -> dict[str, float]:
-    return bootstrap_mean(
-        values, confidence=cfg.confidence, n_resamples=cfg.bootstrap_resamples, seed=seed
+def estimate(values: list[float], prompts: list[str], cfg: EvaluationConfig, seed: int) -> dict[str, float]:
+    """Mean with a CI that resamples prompts (samples of one prompt are not independent); n = prompts."""
+    result = bootstrap_mean(
+        values, confidence=cfg.confidence, n_resamples=cfg.bootstrap_resamples, seed=seed, groups=prompts
     ).to_dict()
+    return {**result, "samples": len(values)}

@@ -119,6 +119,8 @@ def token_scores(
     The library's own pooling picks the last non-pad token, which is wrong when pad == eos; reading every
     position lets callers pick the exact index (the response's real last token) themselves.
     """
+    if hasattr(model, "get_base_model"):  # peft: the wrapped model still routes through the adapters
+        model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(
         input_ids=input_ids,

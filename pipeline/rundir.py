@@ -24,6 +24,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(
+            tmp, 0o666 & ~_umask()
+        )  # mkstemp creates 0600; readers (CI, other users) need the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -33,6 +36,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -55,7 +64,7 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One rlhf process per run directory. flock is released by the OS if the holder dies."""
-        handle = open(self.root / ".lock", "w")
+        handle = open(self.root / ".lock", "a+")  # not "w": a refused process must not blank the holder's pid
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -65,6 +74,7 @@ class RunDir:
                 "or pass a different --run-dir."
             ) from exc
         try:
+            handle.truncate(0)
             handle.write(str(os.getpid()))
             handle.flush()
             yield
@@ -82,9 +92,13 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise UserError(f"'{path}' is not valid JSON ({exc}); it was not written by rlhf.") from exc
 
-    def update_stage(self, name: str, **entry: Any) -> None:
+    def update_stage(self, name: str, replace: bool = False, **entry: Any) -> None:
+        """Merge `entry` into the stage's record; `replace` starts a fresh record (a new attempt)."""
         manifest = self.manifest()
-        manifest.setdefault("stages", {}).setdefault(name, {}).update(entry)
+        stages = manifest.setdefault("stages", {})
+        if replace:
+            stages[name] = {}
+        stages.setdefault(name, {}).update(entry)
         atomic_write_json(self.root / MANIFEST, manifest)
 
     def update_manifest(self, **entry: Any) -> None:

@@ -5,11 +5,14 @@ The runner knows stages only by name, kind and input fields; it never knows how 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import platform
+import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +24,8 @@ from pipeline.config_schema import suggest, to_dict
 from pipeline.errors import ConfigError, UserError
 from pipeline.log import log
 from pipeline.rundir import CONFIG, EVAL_DIR, RunDir, atomic_write_json, atomic_write_text
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 
 
 @dataclass
@@ -46,8 +51,10 @@ def build_graph(config: ResolvedConfig) -> dict[str, StageNode]:
 
 def check_input_reference(stage: str, key: str, value: str, stage_names: list[str]) -> None:
     """An input is a stage of this pipeline, an existing path, or a hub id (`org/name`, or `hf:name`)."""
-    if value in stage_names or Path(value).exists() or "/" in value or value.startswith("hf:"):
+    if value in stage_names or Path(value).exists() or value.startswith("hf:") or HUB_ID.fullmatch(value):
         return
+    if "/" in value or value.startswith(("~", ".")):
+        raise ConfigError(f"'{key}' of stage '{stage}' is the path '{value}', which does not exist.")
     raise ConfigError(
         f"'{key}' of stage '{stage}' is '{value}', which is not a stage of this pipeline "
         f"({', '.join(stage_names)}), an existing path or a hub id.{suggest(value, stage_names)} "
@@ -108,6 +115,7 @@ class Runner:
         self.nodes = build_graph(config)
         self.order = topological_order(self.nodes)
         self.prints: dict[str, str] = {}
+        self.evaluation: dict | None = None
 
     # -- selection --------------------------------------------------------------------------------
     def select(self, only: str | None, start: str | None) -> tuple[list[str], set[str]]:
@@ -140,8 +148,11 @@ class Runner:
         return value.removeprefix("hf:")
 
     # -- running ------------------------------------------------------------------------------------
-    def run(self, only: str | None = None, start: str | None = None) -> list[str]:
-        """Run the selected stages; returns the names of the stages that actually trained."""
+    def run(self, only: str | None = None, start: str | None = None, evaluate: bool = False) -> list[str]:
+        """Run the selected stages, then the evaluation if asked, under one lock.
+
+        Returns the names of the stages that trained; the evaluation's metrics land in `self.evaluation`.
+        """
         self.rundir.prepare()
         with self.rundir.lock():
             atomic_write_text(self.rundir.root / CONFIG, self.config.to_yaml())
@@ -154,6 +165,8 @@ class Runner:
                     continue
                 if self.run_stage(self.nodes[name], force=name in forced):
                     ran.append(name)
+            if evaluate:
+                self.evaluation = self.evaluate()
             return ran
 
     def run_stage(self, node: StageNode, force: bool) -> bool:
@@ -173,6 +186,7 @@ class Runner:
         started = time.time()
         self.rundir.update_stage(
             node.name,
+            replace=True,
             status="running",
             kind=node.kind,
             started_at=_now(),
@@ -217,7 +231,10 @@ class Runner:
         if cfg is None:
             return None
         names = [v for v in stage_inputs(cfg).values() if v in self.nodes]
-        prints = {n: self.rundir.stage_entry(n).get("fingerprint", "") for n in names}
+        # a stage re-run with an unchanged config (--from) has new weights: its finish time tells
+        prints = {
+            n: [self.rundir.stage_entry(n).get(k, "") for k in ("fingerprint", "finished_at")] for n in names
+        }
         print_ = fingerprint("evaluation", cfg, stage_inputs(cfg), prints)
         entry = self.rundir.manifest().get("evaluation", {})
         if (
@@ -262,7 +279,9 @@ def execute_stage(
     work.mkdir(parents=True, exist_ok=True)
     seed_everything(seed, pipeline.threads)
     ctx = StageContext(node.name, node.config, inputs, staging, work, seed, run_dir)
-    result = stage_module(node.kind).run(ctx)
+    # Trainers print their logs; stdout is kept for the command's own result (tables, JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = stage_module(node.kind).run(ctx)
     atomic_write_json(
         staging / "rlhf_stage.json",
         {

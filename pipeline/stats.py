@@ -93,16 +93,31 @@ def _estimate(
 
 
 def bootstrap_mean(
-    values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+    values: Sequence[float],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    groups: Sequence[object] | None = None,
 ) -> Estimate:
     """Mean of `values` with a percentile-bootstrap confidence interval.
 
     The interval is the [(1-c)/2, (1+c)/2] quantiles of the means of `n_resamples` resamples of
-    len(values) values drawn with replacement. One value gives a zero-width interval; none raises.
+    len(values) values drawn with replacement. With `groups` (e.g. the prompt of each sample) whole
+    groups are resampled (cluster bootstrap) and `n` is the number of groups. One value gives a
+    zero-width interval; none raises.
     """
     _check_settings(confidence, n_resamples)
-    array = _as_array(values, "values")
-    return _estimate(array, np.ones_like(array), confidence, n_resamples, seed)
+    return _estimate(*_unit_sums(_as_array(values, "values"), groups), confidence, n_resamples, seed)
+
+
+def _unit_sums(values: np.ndarray, groups: Sequence[object] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, count) per resampling unit: each row alone, or each group."""
+    if groups is None:
+        return values, np.ones_like(values)
+    codes = _group_codes(groups, values.size)
+    n_groups = int(codes.max()) + 1
+    sums = np.bincount(codes, weights=values, minlength=n_groups)
+    return sums, np.bincount(codes, minlength=n_groups).astype(np.float64)
 
 
 def _group_codes(groups: Sequence[object], n_rows: int) -> np.ndarray:
@@ -133,10 +148,4 @@ def paired_bootstrap_difference(
     if len(after) != len(before):
         raise ValueError(f"after has {len(after)} values but before has {len(before)}: they must be paired")
     differences = _as_array(after, "after") - _as_array(before, "before")
-    if groups is None:
-        return _estimate(differences, np.ones_like(differences), confidence, n_resamples, seed)
-    codes = _group_codes(groups, differences.size)
-    n_groups = int(codes.max()) + 1
-    sums = np.bincount(codes, weights=differences, minlength=n_groups)
-    counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
-    return _estimate(sums, counts, confidence, n_resamples, seed)
+    return _estimate(*_unit_sums(differences, groups), confidence, n_resamples, seed)

@@ -1,6 +1,6 @@
 """Every reward source behind one interface: learned reward models, reward functions, gold scorers.
 
-A source is called as `source(prompts, completions) -> Tensor[N]`; `RewardMix` sums weighted sources.
+A source is called as `source(prompts, completions) -> Tensor[N]`.
 """
 
 from __future__ import annotations

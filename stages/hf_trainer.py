@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pipeline.config import LoraConfig, TrainingConfig
 from pipeline.models import save_pretrained
 from stages.base import StageContext
 
 
-def trainer_arguments(cfg: TrainingConfig, ctx: StageContext, has_eval: bool) -> dict[str, Any]:
+def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
     """Keyword arguments shared by transformers' TrainingArguments and TRL's SFTConfig / RewardConfig."""
     save = bool(cfg.checkpoint_every)
     return dict(
@@ -33,6 +35,7 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext, has_eval: bool) ->
         bf16=False,
         gradient_checkpointing=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         remove_unused_columns=True,
     )

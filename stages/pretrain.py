@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> StageResult:
     # 3. train, measuring held-out loss before and after
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**trainer_arguments(cfg, ctx, bool(eval_blocks))),
+        args=TrainingArguments(**trainer_arguments(cfg, ctx)),
         train_dataset=datasets.Dataset.from_list(train_blocks),
         eval_dataset=datasets.Dataset.from_list(eval_blocks) if eval_blocks else None,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),

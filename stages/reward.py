@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> StageResult:
     model.config.pad_token_id = tokenizer.pad_token_id
 
     args = RewardConfig(
-        **trainer_arguments(cfg, ctx, bool(eval_rows)),
+        **trainer_arguments(cfg, ctx),
         max_length=cfg.max_length,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         dataset_num_proc=None,

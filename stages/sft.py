@@ -39,7 +39,7 @@ def run(ctx: StageContext) -> StageResult:
     model = load_model("AutoModelForCausalLM", source, cfg.trust_remote_code)
 
     args = SFTConfig(
-        **trainer_arguments(cfg, ctx, bool(eval_rows)),
+        **trainer_arguments(cfg, ctx),
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,

@@ -17,8 +17,16 @@ from pipeline.config import LoraConfig
 from pipeline.models import load_model
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """PPO's ratio must be exactly 1 before an update: dropout in the update passes would break that."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def build_policy(source: str, lora: LoraConfig, trust_remote_code: bool = False) -> torch.nn.Module:
-    policy = load_model("AutoModelForCausalLM", source, trust_remote_code)
+    policy = disable_dropout(load_model("AutoModelForCausalLM", source, trust_remote_code))
     if lora.enabled:
         from peft import get_peft_model
 
@@ -49,7 +57,9 @@ def build_value_model(
     source: str, from_reward_model: bool, trust_remote_code: bool = False
 ) -> torch.nn.Module:
     """A scalar head on a backbone: the reward model's (head included) or the policy's (head zeroed)."""
-    model = load_model("AutoModelForSequenceClassification", source, trust_remote_code, num_labels=1)
+    model = disable_dropout(
+        load_model("AutoModelForSequenceClassification", source, trust_remote_code, num_labels=1)
+    )
     if not from_reward_model:
         torch.nn.init.zeros_(model.score.weight)
     return model

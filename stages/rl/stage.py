@@ -233,7 +233,8 @@ def run(ctx: StageContext) -> StageResult:
             advantages,
             returns,
         )
-        mean_kl = (kl.sum(1)).mean().item()
+        mean_kl = kl.sum(1).mean().item()
+        kl_coef = kl_ctl.value  # the coefficient that shaped this step's rewards
         kl_ctl.update(mean_kl, cfg.batch_size)
 
         # 5. log
@@ -242,8 +243,8 @@ def run(ctx: StageContext) -> StageResult:
             "episodes": step * cfg.batch_size,
             "reward": scores.mean().item(),
             "kl": mean_kl,
-            "kl_coef": kl_ctl.value,
-            "non_score_reward": (-kl_ctl.value * kl).sum(1).mean().item(),
+            "kl_coef": kl_coef,
+            "non_score_reward": (-kl_coef * kl).sum(1).mean().item(),
             "response_length": mask.sum(1).mean().item(),
             "ended_fraction": rollout.ended.float().mean().item(),
             "elapsed_s": time.time() - started,

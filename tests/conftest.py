@@ -1,0 +1,106 @@
+"""Shared fixtures: one tiny pipeline run (every stage for real, a few seconds each) reused by many tests."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "threads": 2,
+    "stages": {
+        "pretrain": {
+            "kind": "pretrain",
+            "data": "demo:reviews/corpus",
+            "model": {
+                "family": "llama",
+                "hidden_size": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "intermediate_size": 128,
+                "max_position_embeddings": 128,
+                "vocab_size": 384,
+            },
+            "block_size": 64,
+            "max_steps": 60,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "log_every": 100,
+        },
+        "sft": {
+            "kind": "sft",
+            "init_from": "pretrain",
+            "data": "demo:reviews/sft",
+            "max_steps": 40,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "log_every": 100,
+        },
+        "reward": {
+            "kind": "reward",
+            "init_from": "sft",
+            "data": "demo:reviews/prefs",
+            "max_steps": 80,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "eval_fraction": 0.1,
+            "log_every": 100,
+        },
+        "ppo": {
+            "kind": "ppo",
+            "policy": "sft",
+            "reward_model": "reward",
+            "prompts": "demo:reviews/prompts",
+            "total_episodes": 256,
+            "batch_size": 32,
+            "minibatch_size": 16,
+            "ppo_epochs": 2,
+            "lr": 1e-3,
+            "max_new_tokens": 12,
+            "kl_coef": 0.05,
+        },
+    },
+    "evaluation": {
+        "baseline": "sft",
+        "candidate": "ppo",
+        "reward_model": "reward",
+        "gold": "reward_models.gold:reviews_gold",
+        "prompts": "demo:reviews/eval_prompts",
+        "max_prompts": 16,
+        "samples_per_prompt": 2,
+        "max_new_tokens": 12,
+        "bootstrap_resamples": 500,
+    },
+}
+
+
+def tiny_config_dict() -> dict:
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny run directory (all four stages and the evaluation)."""
+    import yaml
+
+    from pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    config_file = root / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config_dict()))
+    run_dir = root / "run"
+    assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tiny_run: Path) -> Path:
+    return tiny_run.parent / "tiny.yaml"

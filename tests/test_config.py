@@ -1,0 +1,289 @@
+"""The config surface refuses bad keys, types and values with a message naming the dotted key; the stage
+graph refuses cycles and unknown inputs. Configs are plain dicts: nothing here trains."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.runner import build_graph, topological_order
+
+BASE = {
+    "name": "unit",
+    "stages": {
+        "pretrain": {"data": "corpus.jsonl"},
+        "sft": {"init_from": "pretrain", "data": "sft.jsonl"},
+        "reward": {"init_from": "sft", "data": "prefs.jsonl"},
+        "ppo": {"policy": "sft", "reward_model": "reward", "prompts": "prompts.jsonl"},
+    },
+}
+
+
+def load(*overrides: str, data: dict | None = None):
+    return load_config(None, list(overrides), data=copy.deepcopy(BASE) if data is None else data)
+
+
+def refused(*overrides: str, data: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(*overrides, data=data)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- unknown keys
+@pytest.mark.parametrize(
+    "override, key, suggestion, a_valid_key",
+    [
+        ("nmae=x", "'nmae'", "Did you mean 'name'?", "stages"),
+        ("stages.sft.epoch=3", "'stages.sft.epoch'", "Did you mean 'epochs'?", "max_steps"),
+        ("stages.sft.lora.rr=4", "'stages.sft.lora.rr'", "Did you mean 'r'?", "target_modules"),
+        (
+            "stages.pretrain.model.hiden_size=32",
+            "'stages.pretrain.model.hiden_size'",
+            "'hidden_size'",
+            "family",
+        ),
+    ],
+    ids=["top-level", "in-stage", "nested-lora", "nested-model"],
+)
+def test_unknown_key_names_full_path_suggests_and_lists_valid_keys(override, key, suggestion, a_valid_key):
+    message = refused(override)
+    assert f"Unknown config key {key}." in message
+    assert suggestion in message
+    assert "Valid keys here:" in message and a_valid_key in message
+
+
+def test_unknown_key_with_no_close_match_still_lists_valid_keys():
+    message = refused("stages.sft.zzzzzz=1")
+    assert "Did you mean" not in message
+    assert "Valid keys here: batch_size, checkpoint_every, data, epochs" in message
+
+
+# ---------------------------------------------------------------- types
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stages.sft.epochs=many", "Config key 'stages.sft.epochs' must be a number, got a string 'many'."),
+        (
+            "stages.sft.batch_size=true",
+            "Config key 'stages.sft.batch_size' must be an integer, got a boolean",
+        ),
+        ("stages.sft.batch_size=2.5", "Config key 'stages.sft.batch_size' must be an integer, got float 2.5"),
+        ("stages.sft.data=[a, b]", "Config key 'stages.sft.data' must be a string, got a list ['a', 'b']"),
+        (
+            "stages.sft.lora.enabled=1",
+            "Config key 'stages.sft.lora.enabled' must be true or false, got int 1",
+        ),
+        ("stages.sft.lora=8", "Config key 'stages.sft.lora' must be a mapping of keys to values, got int"),
+        ("stages.pretrain.model.family=lama", "must be one of 'llama', 'gpt2', 'qwen2', got 'lama'"),
+        ("stages=[pretrain]", "Config key 'stages' must be a mapping, got a list"),
+    ],
+    ids=[
+        "str-for-float",
+        "bool-for-int",
+        "float-for-int",
+        "list-for-str",
+        "int-for-bool",
+        "int-for-section",
+        "bad-literal",
+        "list-for-stages",
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(override, expected):
+    assert expected in refused(override)
+
+
+def test_literal_typo_gets_a_suggestion():
+    assert "Did you mean 'llama'?" in refused("stages.pretrain.model.family=lama")
+
+
+@pytest.mark.parametrize("text, value", [("3e-4", 3e-4), ("3.0e-3", 3e-3), ("1", 1.0), (".5", 0.5)])
+def test_yaml_exponent_without_dot_is_a_float(tmp_path: Path, text, value):
+    # PyYAML (YAML 1.1) reads `3e-4` as the string '3e-4'; the config accepts it as the number.
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(f"stages:\n  sft:\n    init_from: org/model\n    data: x.jsonl\n    lr: {text}\n")
+    lr = load_config(config_file).stages["sft"].lr
+    assert isinstance(lr, float) and lr == pytest.approx(value)
+
+
+def test_none_for_optional_and_int_for_float_are_accepted():
+    config = load(
+        "stages.sft.eval_data=null", "stages.sft.epochs=3", "stages.reward.center_rewards_coefficient=null"
+    )
+    assert config.stages["sft"].eval_data is None
+    assert config.stages["sft"].epochs == 3.0 and isinstance(config.stages["sft"].epochs, float)
+    assert config.stages["reward"].center_rewards_coefficient is None
+
+
+# ---------------------------------------------------------------- impossible values
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stages.sft.lr=-1e-3", "Config key 'stages.sft.lr' must be > 0, got -0.001."),
+        ("stages.reward.batch_size=0", "Config key 'stages.reward.batch_size' must be > 0, got 0."),
+        (
+            "stages.ppo.batch_size=10",
+            "Config section 'stages.ppo': batch_size (10) must be divisible by minibatch_size (16).",
+        ),
+        ("stages.ppo.temperature=0", "Config key 'stages.ppo.temperature' must be > 0, got 0.0."),
+        ("stages.sft.eval_fraction=1.5", "Config key 'stages.sft.eval_fraction' must be in [0, 1), got 1.5."),
+        (
+            "stages.pretrain.model.num_heads=3",
+            "Config key 'stages.pretrain.model.hidden_size' (64) must be divisible by num_heads (3).",
+        ),
+        ("stages.pretrain.objective=mlm", "stages.pretrain.objective 'mlm' is not supported yet"),
+    ],
+    ids=[
+        "negative-lr",
+        "zero-batch",
+        "ppo-minibatch",
+        "zero-temperature",
+        "eval-fraction-1.5",
+        "heads-do-not-divide",
+        "objective",
+    ],
+)
+def test_impossible_value_names_the_key(override, expected):
+    assert expected in refused(override)
+
+
+def test_evaluation_value_names_its_section():
+    data = copy.deepcopy(BASE)
+    data["evaluation"] = {"prompts": "p.jsonl", "samples_per_prompt": 0}
+    assert "Config key 'evaluation.samples_per_prompt' must be > 0, got 0." in refused(data=data)
+
+
+# ---------------------------------------------------------------- stage kinds
+def test_unknown_stage_kind_is_refused_with_a_suggestion():
+    message = refused("stages.sft.kind=sfft")
+    assert "Stage 'sft' has unknown kind 'sfft'. Did you mean 'sft'?" in message
+    assert "Known kinds: pretrain, sft, reward, ppo." in message
+
+
+def test_stage_kind_defaults_to_its_name_and_a_named_stage_needs_a_kind():
+    assert [cfg.kind for cfg in load().stages.values()] == ["pretrain", "sft", "reward", "ppo"]
+    block = {"init_from": "org/model", "data": "x.jsonl"}
+    assert "Stage 'policy' has unknown kind 'policy'." in refused(data={"stages": {"policy": block}})
+    config = load(data={"stages": {"policy": {"kind": "sft", **block}}})
+    assert config.stages["policy"].kind == "sft"
+
+
+def test_a_config_without_stages_is_refused():
+    assert "The config has no stages" in refused(data={"name": "x", "stages": {}})
+    assert "Config key 'stages.sft' must be a mapping" in refused(data={"stages": {"sft": None}})
+
+
+# ---------------------------------------------------------------- overrides
+def test_override_changes_the_value_and_parses_yaml():
+    config = load("stages.ppo.lr=1e-4", "stages.sft.lora.target_modules=[q_proj, v_proj]", "name=other")
+    assert config.stages["ppo"].lr == pytest.approx(1e-4)
+    assert config.stages["sft"].lora.target_modules == ["q_proj", "v_proj"]
+    assert config.pipeline.name == "other"
+    assert load().stages["ppo"].lr == pytest.approx(3e-4)  # the default, untouched by the override above
+
+
+def test_override_can_add_a_valid_key_to_a_stage():
+    assert load("stages.sft.max_steps=7").stages["sft"].max_steps == 7
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stages.ppo.lr", "Override 'stages.ppo.lr' must look like key.path=value."),
+        ("=3", "Override '=3' has an empty key path."),
+        ("..=3", "Override '..=3' has an empty key path."),
+        ("stages.sft.lr=[1", "Override 'stages.sft.lr=[1': the value is not valid YAML (expected ',' or ']'"),
+        ("stages.sft.lr=", "Config key 'stages.sft.lr' must be a number, got a string ''."),
+    ],
+    ids=["no-equals", "empty-key", "only-dots", "bad-yaml", "empty-value"],
+)
+def test_malformed_override_is_refused(override, expected):
+    assert expected in refused(override)
+
+
+def test_bad_yaml_override_is_one_line():
+    assert "\n" not in refused("stages.sft.lr=[1")
+
+
+def test_overriding_a_value_as_a_section_is_refused():
+    assert "Override 'name.x=1': 'name' is a value, not a section." in refused("name.x=1")
+    assert "'stages.sft.data' is a value, not a section" in refused("stages.sft.data.path=x.jsonl")
+
+
+def test_override_creating_an_unknown_key_is_refused_with_a_suggestion():
+    message = refused("stages.ppo.kl_coeff=0.2")
+    assert "Unknown config key 'stages.ppo.kl_coeff'. Did you mean 'kl_coef'?" in message
+    message = refused("stages.sfft.data=x.jsonl")  # a new stage: its kind defaults to its name
+    assert "Stage 'sfft' has unknown kind 'sfft'. Did you mean 'sft'?" in message
+
+
+# ---------------------------------------------------------------- config files
+def test_config_file_problems(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must contain a mapping with a 'stages' section"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("stages:\n  sft:\n    data: x\n   lr: 1\n")
+    with pytest.raises(
+        ConfigError, match=r"is not valid YAML: line 4, column 4: expected <block end>"
+    ) as info:
+        load_config(tmp_path / "broken.yaml")
+    assert "\n" not in str(info.value)
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(bad byte at offset 9\)"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+# ---------------------------------------------------------------- the stage graph
+def graph_order(*overrides: str, data: dict | None = None) -> list[str]:
+    return topological_order(build_graph(load(*overrides, data=data)))
+
+
+def test_order_follows_inputs_not_file_order():
+    data = {
+        "stages": {
+            "ppo": {"policy": "sft", "reward_model": "reward", "prompts": "p.jsonl"},
+            "reward": {"init_from": "sft", "data": "prefs.jsonl"},
+            "sft": {"init_from": "pretrain", "data": "sft.jsonl"},
+            "pretrain": {"data": "corpus.jsonl"},
+        }
+    }
+    assert graph_order(data=data) == ["pretrain", "sft", "reward", "ppo"]
+    assert graph_order() == ["pretrain", "sft", "reward", "ppo"]
+
+
+def test_cycle_is_refused_naming_the_stages():
+    with pytest.raises(ConfigError) as info:
+        graph_order("stages.sft.init_from=reward")  # reward.init_from is sft
+    message = str(info.value)
+    assert "The stages form a cycle through their inputs" in message
+    assert "sft <- reward" in message and "reward <- sft" in message
+
+
+def test_missing_stage_input_is_refused_with_a_suggestion():
+    with pytest.raises(ConfigError) as info:
+        graph_order("stages.reward.init_from=sfft")
+    message = str(info.value)
+    assert "'init_from' of stage 'reward' is 'sfft', which is not a stage of this pipeline" in message
+    assert "Did you mean 'sft'?" in message
+
+
+@pytest.mark.parametrize("source", ["org/tiny-model", "hf:gpt2"], ids=["org-name", "hf-prefix"])
+def test_hub_id_input_is_accepted_and_is_not_a_dependency(source):
+    nodes = build_graph(load(f"stages.sft.init_from={source}"))
+    assert nodes["sft"].inputs == {"init_from": source}
+    assert nodes["sft"].depends_on == []
+    assert topological_order(nodes)[0] in ("pretrain", "sft")
+
+
+def test_existing_path_input_is_accepted(tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    nodes = build_graph(load(f"stages.sft.init_from={model}"))
+    assert nodes["sft"].inputs == {"init_from": str(model)} and nodes["sft"].depends_on == []

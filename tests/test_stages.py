@@ -1,0 +1,47 @@
+"""Each stage moves its own metric the right way on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+
+def stage_metrics(run_dir, name):
+    return json.loads((run_dir / name / "rlhf_stage.json").read_text())["metrics"]
+
+
+def test_pretrain_lowers_held_out_loss(tiny_run):
+    m = stage_metrics(tiny_run, "pretrain")
+    assert m["eval_loss"] < m["eval_loss_before"] - 1.0  # from ~ln(vocab) = 5.95 at random init
+    assert (tiny_run / "pretrain" / "tokenizer.json").is_file()  # the BPE tokenizer trained on the corpus
+
+
+def test_sft_lowers_held_out_completion_loss(tiny_run):
+    m = stage_metrics(tiny_run, "sft")
+    assert m["eval_loss"] < m["eval_loss_before"] - 0.3
+
+
+def test_reward_model_beats_chance_on_held_out_pairs(tiny_run):
+    m = stage_metrics(tiny_run, "reward")
+    assert m["eval_pairs"] == 200
+    assert m["eval_accuracy"] > m["eval_accuracy_before"] + 0.05
+
+
+def test_ppo_raises_the_reward_model_score(tiny_run):
+    m = stage_metrics(tiny_run, "ppo")
+    assert m["reward_last"] > m["reward_first"] + 0.2
+    history = json.loads((tiny_run / "ppo" / "history.json").read_text())
+    assert [row["step"] for row in history] == list(range(1, 9))
+    assert history[0]["kl"] == 0.0  # first rollout comes from the unchanged policy
+
+
+def test_pretrain_packs_documents_into_full_blocks():
+    from pipeline.models import train_bpe_tokenizer
+    from stages.pretrain import pack
+
+    tokenizer = train_bpe_tokenizer(["a b c d e f g"] * 20, vocab_size=300)
+    blocks = pack(["a b", "c d e"], tokenizer, block_size=3)
+    stream = [i for b in blocks for i in b["input_ids"]]
+    expected = tokenizer("a b")["input_ids"] + [tokenizer.eos_token_id] + tokenizer("c d e")["input_ids"]
+    expected += [tokenizer.eos_token_id]
+    assert all(len(b["input_ids"]) == 3 for b in blocks)
+    assert stream == expected[: len(stream)] and len(expected) - len(stream) < 3
