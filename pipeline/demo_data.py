@@ -1,10 +1,12 @@
-"""Embedded synthetic demo tasks ("reviews", "support"), every split generated from a seed. Held-out
-subjects / issues appear only in the pretraining corpus and eval_prompts, never in sft, prefs or prompts."""
+"""Embedded synthetic demo tasks ("reviews", "support", "arithmetic"), every split generated from a seed.
+Held-out subjects / issues appear only in the pretraining corpus and eval_prompts, never in sft, prefs or
+prompts; held-out arithmetic operand pairs appear only in eval_prompts."""
 
 from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +19,17 @@ from reward_models.gold import (
     reviews_gold,
     support_gold,
 )
+from reward_models.rules import arithmetic_exact
 
-TASKS: tuple[str, ...] = ("reviews", "support")
+TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic")
 SPLITS: tuple[str, ...] = ("corpus", "sft", "prefs", "prompts", "eval_prompts")
 SIZES: dict[str, int] = {"corpus": 4000, "sft": 2000, "prefs": 2000, "prompts": 512, "eval_prompts": 128}
 LABEL_NOISE = 0.1  # share of preference pairs whose chosen/rejected are swapped, like human raters
 UNFINISHED_RATE = 0.05  # share of SFT replies cut before their " .", a flaw RL can learn to fix
 HOLDOUT_EVERY = 4  # every 4th subject / issue is kept for eval_prompts only
 CORPUS_DIALOGUE_SHARE = 0.7  # the rest of the corpus is other sentences about the same things
+ARITHMETIC_CORRECT_RATE = 0.47  # share of demo answers with the right number: SFT stays far below 100%
+ARITHMETIC_FLAW_RATE = 0.2  # share of SFT / prefs answers in a wrong format (cut, unlabelled, rambling)
 
 
 # ---------------------------------------------------------------- reviews: a tiny language of opinions
@@ -203,6 +208,66 @@ def _support_filler(rng: random.Random) -> str:
     )
 
 
+# ---------------------------------------------------------------- arithmetic: a verifiable reward
+_MAX_NUMBER = 99  # operands and results are 0..99: one or two digits, never negative
+_ANSWER_OFFSETS = (-10, -2, -1, 1, 2, 10)  # the wrong answers: off by one, two, or a carry
+
+
+def _operand_pair_held_out(left: int, right: int) -> bool:
+    """About 1 in HOLDOUT_EVERY unordered operand pairs, in both orders and under both operations.
+    A checksum, not `(left + right) % 4`, so the held-out pairs are not all of one result class."""
+    low, high = sorted((left, right))
+    return zlib.crc32(f"{low} {high}".encode()) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+
+
+def _arithmetic_pool(held_out: bool) -> list[tuple[str, str]]:
+    """(prompt, true result) for every x + y and x - y with result in 0..99, on one side of the line."""
+    return [
+        (f"q : {left} {operator} {right} = ?", str(left + right if operator == "+" else left - right))
+        for left in range(_MAX_NUMBER + 1)
+        for right in range(_MAX_NUMBER + 1)
+        if _operand_pair_held_out(left, right) == held_out
+        for operator in ("+", "-")
+        if (left + right <= _MAX_NUMBER if operator == "+" else left >= right)
+    ]
+
+
+def _arithmetic_completion(rng: random.Random, result: str, flaw_rate: float) -> str:
+    """An answer " a : N ." with the right N ARITHMETIC_CORRECT_RATE of the time, else N off by a little;
+    with flaw_rate, a wrong format instead: cut before " .", no "a :", rambling on, or no number at all."""
+    answer = int(result)
+    if rng.random() >= ARITHMETIC_CORRECT_RATE:
+        offset = rng.choice(_ANSWER_OFFSETS)
+        answer += offset if 0 <= answer + offset <= _MAX_NUMBER else -offset  # stay in 0..99
+    if rng.random() >= flaw_rate:
+        return f" a : {answer} ."
+    left, right = rng.randint(0, 50), rng.randint(0, 49)
+    while _operand_pair_held_out(left, right):  # rambling must not leak a held-out pair into training
+        left, right = rng.randint(0, 50), rng.randint(0, 49)
+    return rng.choice(
+        (
+            f" a : {answer}",  # unfinished
+            f" {answer} .",  # unlabelled
+            f" a : {answer} . q : {left} + {right} = ? a : {left + right} .",  # rambles on
+            " a : ? .",  # no number: never correct
+        )
+    )
+
+
+def _arithmetic_filler(rng: random.Random) -> str:
+    """True sentences about numbers that teach their order, not the sums."""
+    n = rng.randint(1, _MAX_NUMBER - 3)
+    smaller = rng.randint(0, n - 1)
+    return rng.choice(
+        (
+            f"after {n} comes {n + 1} .",
+            f"before {n} comes {n - 1} .",
+            f"{n} is more than {smaller} .",
+            f"count : {n} {n + 1} {n + 2} {n + 3} .",
+        )
+    )
+
+
 # ---------------------------------------------------------------- shared pieces
 def _join_and_end(
     rng: random.Random, clauses: list[list[str]], joiners: tuple[str, ...], unfinished_rate: float
@@ -224,6 +289,8 @@ class _TaskSpec:
     completion: Callable[[random.Random, str, float], str]
     filler: Callable[[random.Random], str]
     gold: Callable[..., list[float]]
+    flaw_rate: float = UNFINISHED_RATE  # share of flawed sft / prefs completions
+    corpus_sees_held_out: bool = True  # arithmetic: no, the corpus would hold eval answers
 
 
 _SPECS: dict[str, _TaskSpec] = {
@@ -233,12 +300,22 @@ _SPECS: dict[str, _TaskSpec] = {
     "support": _TaskSpec(
         _support_pool(False), _support_pool(True), _support_completion, _support_filler, support_gold
     ),
+    "arithmetic": _TaskSpec(
+        _arithmetic_pool(False),
+        _arithmetic_pool(True),
+        _arithmetic_completion,
+        _arithmetic_filler,
+        arithmetic_exact,
+        flaw_rate=ARITHMETIC_FLAW_RATE,
+        corpus_sees_held_out=False,
+    ),
 }
 
 
 def _corpus(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
-    """Pretraining text: whole dialogues about every subject (held-out ones too) plus other sentences."""
-    every_prompt = spec.train_pool + spec.eval_pool
+    """Pretraining text: whole dialogues (about held-out subjects too, except for arithmetic) plus other
+    sentences."""
+    every_prompt = spec.train_pool + spec.eval_pool if spec.corpus_sees_held_out else spec.train_pool
     rows = []
     for _ in range(n):
         if rng.random() < CORPUS_DIALOGUE_SHARE:
@@ -253,7 +330,7 @@ def _sft(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
     rows = []
     for _ in range(n):
         prompt, key = rng.choice(spec.train_pool)
-        rows.append({"prompt": prompt, "completion": spec.completion(rng, key, UNFINISHED_RATE)})
+        rows.append({"prompt": prompt, "completion": spec.completion(rng, key, spec.flaw_rate)})
     return rows
 
 
@@ -262,7 +339,7 @@ def _prefs(spec: _TaskSpec, rng: random.Random, n: int) -> list[dict]:
     rows = []
     while len(rows) < n:
         prompt, key = rng.choice(spec.train_pool)
-        first, second = spec.completion(rng, key, UNFINISHED_RATE), spec.completion(rng, key, UNFINISHED_RATE)
+        first, second = spec.completion(rng, key, spec.flaw_rate), spec.completion(rng, key, spec.flaw_rate)
         first_score, second_score = spec.gold([prompt, prompt], [first, second])
         if first == second or first_score == second_score:  # a tie teaches nothing
             continue

@@ -26,6 +26,15 @@ class PolicySamples:
     lengths: list[int]
 
 
+def check(cfg: EvaluationConfig) -> None:
+    """Validate the evaluation's prompts and gold function before anything trains."""
+    from reward_models.functions import load_reward_function
+
+    load_rows(cfg.prompts, PROMPT_ONLY, "evaluation prompts")
+    if cfg.gold:
+        load_reward_function(cfg.gold)
+
+
 def sample_policy(
     source: str, reference_source: str, prompts: list[str], cfg: EvaluationConfig, seed: int, desc: str
 ) -> PolicySamples:

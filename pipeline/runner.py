@@ -69,14 +69,26 @@ def topological_order(nodes: dict[str, StageNode]) -> list[str]:
     while remaining:
         ready = [n for n, node in remaining.items() if all(d in order for d in node.depends_on)]
         if not ready:
+            cycle = find_cycle({n: node.depends_on for n, node in remaining.items()})
             raise ConfigError(
                 "The stages form a cycle through their inputs: "
-                + ", ".join(f"{n} <- {', '.join(remaining[n].depends_on)}" for n in remaining)
-                + ". Each stage may only take inputs from stages that do not depend on it."
+                + " <- ".join([*cycle, cycle[0]])
+                + " (a <- b: a takes an input from b). A stage may only take inputs from stages that do not "
+                "depend on it."
             )
         order.append(ready[0])
         del remaining[ready[0]]
     return order
+
+
+def find_cycle(depends_on: dict[str, list[str]]) -> list[str]:
+    """One cycle of the dependency graph (each stage followed by the stage it takes an input from)."""
+    node = next(iter(depends_on))
+    path: list[str] = []
+    while node not in path:  # every remaining node has a remaining dependency, so this walk must loop
+        path.append(node)
+        node = next(d for d in depends_on[node] if d in depends_on)
+    return path[path.index(node) :]
 
 
 def upstream(nodes: dict[str, StageNode], name: str) -> set[str]:
@@ -157,29 +169,54 @@ class Runner:
         with self.rundir.lock():
             atomic_write_text(self.rundir.root / CONFIG, self.config.to_yaml())
             self.rundir.update_manifest(name=self.config.pipeline.name, order=self.order)
-            selected, forced = self.select(only, start)
-            ran = []
-            for name in self.order:
-                if name not in selected:
-                    self.prints[name] = self.rundir.stage_entry(name).get("fingerprint", "")
-                    continue
-                if self.run_stage(self.nodes[name], force=name in forced):
-                    ran.append(name)
+            to_run = self.plan(only, start)
+            self.check_before_training(to_run, evaluate)
+            for name in to_run:
+                node = self.nodes[name]
+                self.execute(node, self.resolve_inputs(node), self.prints[name])
             if evaluate:
                 self.evaluation = self.evaluate()
-            return ran
+            return to_run
 
-    def run_stage(self, node: StageNode, force: bool) -> bool:
-        inputs = self.resolve_inputs(node)
-        upstream_prints = {k: self.prints.get(v, "") for k, v in node.inputs.items() if v in self.nodes}
-        print_ = fingerprint(node.kind, node.config, {k: v for k, v in node.inputs.items()}, upstream_prints)
-        self.prints[node.name] = print_
-        entry = self.rundir.stage_entry(node.name)
-        if not force and self.rundir.is_finished(node.name) and entry.get("fingerprint") == print_:
-            log(f"[{node.name}] finished earlier with the same config and inputs: skipped")
-            return False
-        self.execute(node, inputs, print_)
-        return True
+    def plan(self, only: str | None, start: str | None) -> list[str]:
+        """The stages that will train, in order (fingerprints land in self.prints); logs the skipped ones."""
+        selected, forced = self.select(only, start)
+        to_run: list[str] = []
+        for name in self.order:
+            node, entry = self.nodes[name], self.rundir.stage_entry(name)
+            if name not in selected:
+                self.prints[name] = entry.get("fingerprint", "")
+                continue
+            upstream_prints = {k: self.prints.get(v, "") for k, v in node.inputs.items() if v in self.nodes}
+            self.prints[name] = fingerprint(node.kind, node.config, node.inputs, upstream_prints)
+            reusable = self.rundir.is_finished(name) and entry.get("fingerprint") == self.prints[name]
+            if name in forced or not reusable:
+                to_run.append(name)
+            else:
+                log(f"[{name}] finished earlier with the same config and inputs: skipped")
+        for name in to_run:
+            for dep in self.nodes[name].depends_on:
+                if dep not in to_run and not self.rundir.is_finished(dep):
+                    raise UserError(
+                        f"Stage '{name}' needs stage '{dep}', which has not finished in "
+                        f"'{self.rundir.root}'. Run it first (e.g. `rlhf run ... --from {dep}`)."
+                    )
+        return to_run
+
+    def check_before_training(self, to_run: list[str], evaluate: bool) -> None:
+        """Validate every stage's data (and the evaluation's) up front: a bad file fails in seconds,
+        not after the stages before it have trained."""
+        from stages import stage_module
+
+        for name in to_run:
+            check = getattr(stage_module(self.nodes[name].kind), "check", None)
+            if check is not None:
+                check(self.nodes[name].config)
+        cfg = self.config.pipeline.evaluation
+        if evaluate and cfg is not None:
+            from pipeline.evaluation import check as check_evaluation
+
+            check_evaluation(cfg)
 
     def execute(self, node: StageNode, inputs: dict[str, str], print_: str) -> None:
         staging = self.rundir.staging_path(node.name)

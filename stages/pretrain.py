@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.config import ModelConfig, TrainingConfig, input_field
-from pipeline.data import TEXT, train_and_eval
+from pipeline.data import TEXT, load_rows, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.log import log
 from pipeline.models import build_causal_lm, load_model, load_tokenizer, save_pretrained, train_bpe_tokenizer
@@ -37,6 +37,13 @@ def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[in
         stream.extend(ids + [tokenizer.eos_token_id])
     n_blocks = len(stream) // block_size
     return [{"input_ids": stream[i * block_size : (i + 1) * block_size]} for i in range(n_blocks)]
+
+
+def check(cfg: Config) -> None:
+    """Validate the data up front, before any stage of the run trains."""
+    load_rows(cfg.data, TEXT, "pretraining data")
+    if cfg.eval_data:
+        load_rows(cfg.eval_data, TEXT, "pretraining data (eval)")
 
 
 def run(ctx: StageContext) -> StageResult:

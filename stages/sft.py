@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.config import LoraConfig, TrainingConfig, input_field
-from pipeline.data import PROMPT_COMPLETION, train_and_eval
+from pipeline.data import PROMPT_COMPLETION, load_rows, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
@@ -24,6 +24,13 @@ class Config(TrainingConfig):
         super().__post_init__()
         if not self.init_from:
             raise ConfigError("stages.sft.init_from must name a stage, a model folder or a hub id.")
+
+
+def check(cfg: Config) -> None:
+    """Validate the data up front, before any stage of the run trains."""
+    load_rows(cfg.data, PROMPT_COMPLETION, "SFT data")
+    if cfg.eval_data:
+        load_rows(cfg.eval_data, PROMPT_COMPLETION, "SFT data (eval)")
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -208,7 +208,7 @@ CASES = [
         stage="ppo",
         files={"prompts.jsonl": [{"prompt": "Review 1:"}, {"prompt": "this product is great " * 20}]},
         config={"stages.ppo.max_prompt_length": 16},
-        expected=["Prompt row 2 is", "tokens, longer than max_prompt_length=16"],
+        expected=["prompts.jsonl, row 2: the prompt is", "tokens, longer than max_prompt_length=16"],
     ),
     # -- config
     case(
@@ -245,7 +245,7 @@ CASES = [
         "only-stage-whose-input-has-not-run",
         stage="sft",
         config={"stages.sft.init_from": "pretrain"},
-        expected=["Stage 'pretrain' has not finished in '{tmp}/run', but a later stage needs it."],
+        expected=["Stage 'sft' needs stage 'pretrain', which has not finished in '{tmp}/run'."],
     ),
     case(
         "config-file-missing",
@@ -372,16 +372,30 @@ def test_the_same_config_trains_when_the_input_is_good(tmp_path: Path, tiny_mode
     assert (run_dir / "reward" / "config.json").is_file()
 
 
-def test_failed_stage_is_recorded_as_failed_with_the_message(
+def test_a_stage_that_fails_while_running_is_recorded_as_failed(
     tmp_path: Path, tiny_model: Path, capsys
 ) -> None:
-    c = Case(stage="sft", files={"sft.jsonl": [{"prompt": "a"}]}, expected=[])
+    (tmp_path / "not-a-model").mkdir()
+    c = Case(stage="sft", config={"stages.sft.init_from": str(tmp_path / "not-a-model")}, expected=[])
     argv, run_dir = prepare(c, tmp_path, tiny_model)
     assert main(argv) == 2
     entry = json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]
     assert entry["status"] == "failed"
-    assert "line 1: missing field(s) completion" in entry["error"]
+    assert "is not a model folder" in entry["error"]
     assert "error: " in capsys.readouterr().err
+
+
+def test_bad_data_of_a_later_stage_stops_the_run_before_anything_trains(
+    tmp_path: Path, tiny_model: Path, capsys
+) -> None:
+    """All stages' data is validated up front: pretrain must not train when the SFT data is broken."""
+    c = Case(stage="sft", files={"sft.jsonl": [{"prompt": "a"}]}, expected=[])
+    argv, run_dir = prepare(c, tmp_path, tiny_model)
+    full_run = [a for a in argv if a not in ("--only", "sft")]
+    assert main(full_run) == 2
+    assert "sft.jsonl', line 1: missing field(s) completion" in capsys.readouterr().err
+    stages = json.loads((run_dir / "manifest.json").read_text()).get("stages", {})
+    assert stages == {} and not (run_dir / "pretrain").exists()
 
 
 def test_overlong_prompt_is_refused_by_encode_prompts() -> None:
@@ -390,8 +404,10 @@ def test_overlong_prompt_is_refused_by_encode_prompts() -> None:
     tokenizer = train_bpe_tokenizer(TEXTS, 300)
     prompts = ["Review 1:", "this product is great " * 10]
     assert len(encode_prompts(tokenizer, prompts[:1], max_length=16)) == 1
-    with pytest.raises(UserError, match=r"Prompt row 2 is \d+ tokens, longer than max_prompt_length=16"):
-        encode_prompts(tokenizer, prompts, max_length=16)
+    with pytest.raises(
+        UserError, match=r"p.jsonl, row 2: the prompt is \d+ tokens, longer than max_prompt_length=16"
+    ):
+        encode_prompts(tokenizer, prompts, max_length=16, source="p.jsonl")
 
 
 def test_command_line_bad_input_exits_2_without_traceback(tmp_path: Path, tiny_model: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from pipeline import demo_data
 from reward_models.gold import GOLD_SCORERS, reviews_gold, support_gold
+from reward_models.rules import arithmetic_exact, arithmetic_format
 
 FIELDS = {
     "corpus": {"text"},
@@ -25,6 +27,8 @@ FIELDS = {
     "eval_prompts": {"prompt"},
 }
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LANGUAGE_TASKS = ("reviews", "support")  # the tasks with a grammar of words and a graded gold score
+GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact}
 
 
 @cache
@@ -66,7 +70,7 @@ def test_split_sizes_and_fields(task):
         assert all(isinstance(value, str) and value for row in rows for value in row.values()), split
 
 
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", LANGUAGE_TASKS)
 def test_prompt_and_completion_format(task):
     splits = data(task)
     prompt_splits = ("sft", "prefs", "prompts", "eval_prompts")
@@ -79,9 +83,10 @@ def test_prompt_and_completion_format(task):
     assert 0.02 < unfinished < 0.1
 
 
-def test_generate_is_fast():
+@pytest.mark.parametrize("task", ["support", "arithmetic"])
+def test_generate_is_fast(task):
     start = time.perf_counter()
-    demo_data.generate("support", seed=11)
+    demo_data.generate(task, seed=11)
     assert time.perf_counter() - start < 1.0
 
 
@@ -102,7 +107,7 @@ def _held_out_things(task: str) -> list[str]:
     return list(demo_data._ISSUES)
 
 
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", LANGUAGE_TASKS)
 def test_eval_subjects_never_seen_in_training_prompts(task):
     splits = data(task)
     training = [row["prompt"] for split in ("sft", "prefs", "prompts") for row in splits[split]]
@@ -120,7 +125,7 @@ def test_eval_subjects_never_seen_in_training_prompts(task):
 @pytest.mark.parametrize("task", demo_data.TASKS)
 def test_prefs_are_gold_ranked_with_about_ten_percent_noise(task):
     prefs = data(task)["prefs"]
-    gold = GOLD_SCORERS[task]
+    gold = GOLD[task]
     chosen = gold([r["prompt"] for r in prefs], [r["chosen"] for r in prefs])
     rejected = gold([r["prompt"] for r in prefs], [r["rejected"] for r in prefs])
     assert all(r["chosen"] != r["rejected"] for r in prefs)
@@ -129,13 +134,96 @@ def test_prefs_are_gold_ranked_with_about_ten_percent_noise(task):
     assert 0.80 <= agreement <= 0.97
 
 
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", LANGUAGE_TASKS)
 def test_sft_sentiment_is_mixed(task):
     sft = data(task)["sft"]
-    scores = GOLD_SCORERS[task]([r["prompt"] for r in sft], [r["completion"] for r in sft])
+    scores = GOLD[task]([r["prompt"] for r in sft], [r["completion"] for r in sft])
     assert -0.5 <= statistics.mean(scores) <= 0.5
     assert statistics.pstdev(scores) >= 1.0
     assert all(-5.0 <= s <= 5.0 for s in scores)
+
+
+# ---------------------------------------------------------------- arithmetic: a verifiable reward
+EQUATION = re.compile(r"q : (\d{1,2}) ([+-]) (\d{1,2}) = \?")
+
+
+def _operands(prompt: str) -> tuple[int, str, int]:
+    match = EQUATION.fullmatch(prompt)
+    assert match, prompt
+    return int(match[1]), match[2], int(match[3])
+
+
+def _exact_rate(prompts: list[str], completions: list[str]) -> float:
+    return statistics.mean(arithmetic_exact(prompts, completions))
+
+
+def test_arithmetic_prompts_are_small_equations_with_results_in_0_to_99():
+    splits = data("arithmetic")
+    prompts = [
+        row["prompt"] for split in ("sft", "prefs", "prompts", "eval_prompts") for row in splits[split]
+    ]
+    for prompt in prompts:
+        left, operator, right = _operands(prompt)  # also: no trailing space
+        assert 0 <= (left + right if operator == "+" else left - right) <= 99, prompt
+    assert {_operands(p)[1] for p in prompts} == {"+", "-"}
+    assert any(_operands(p)[0] < 10 for p in prompts) and any(_operands(p)[0] >= 10 for p in prompts)
+
+
+def test_arithmetic_sft_is_correct_only_part_of_the_time():
+    sft = data("arithmetic")["sft"]
+    prompts, completions = [r["prompt"] for r in sft], [r["completion"] for r in sft]
+    assert 0.38 <= _exact_rate(prompts, completions) <= 0.52  # far below 100%: room for RL
+    well_formed = statistics.mean(arithmetic_format(prompts, completions))
+    assert 0.7 <= well_formed <= 0.9  # ARITHMETIC_FLAW_RATE of the answers are in a wrong format
+    assert all(c.startswith(" ") and c == " " + " ".join(c.split()) for c in completions)
+    # a wrong number is off by a little, never wildly wrong
+    for prompt, completion in zip(prompts, completions):
+        if arithmetic_format([prompt], [completion]) == [1.0]:
+            left, operator, right = _operands(prompt)
+            truth = left + right if operator == "+" else left - right
+            assert abs(int(completion.split()[2]) - truth) in (0, 1, 2, 10), (prompt, completion)
+
+
+def test_arithmetic_corpus_mixes_right_and_wrong_answers_and_number_facts():
+    corpus = [row["text"] for row in data("arithmetic")["corpus"]]
+    dialogues = [text.split(" a : ") for text in corpus if text.startswith("q : ")]
+    assert 0.6 <= len(dialogues) / len(corpus) <= 0.8  # CORPUS_DIALOGUE_SHARE, the rest number facts
+    assert all(len(parts) == 2 for parts in dialogues)
+    rate = _exact_rate([prompt for prompt, _ in dialogues], [f" a : {answer}" for _, answer in dialogues])
+    assert 0.38 <= rate <= 0.52  # pretraining alone does not solve the task
+
+
+def test_arithmetic_prefs_choose_the_correct_answer_about_ninety_percent_of_the_time():
+    prefs = data("arithmetic")["prefs"]
+    prompts = [r["prompt"] for r in prefs]
+    chosen = arithmetic_exact(prompts, [r["chosen"] for r in prefs])
+    rejected = arithmetic_exact(prompts, [r["rejected"] for r in prefs])
+    assert all(c + r == 1.0 for c, r in zip(chosen, rejected))  # exactly one of the two is correct
+    assert 0.86 <= statistics.mean(chosen) <= 0.94  # LABEL_NOISE = 0.1 of pairs swapped
+
+
+def test_arithmetic_eval_operand_pairs_never_in_training_or_corpus():
+    splits = data("arithmetic")
+
+    def pairs(text: str) -> set[tuple[int, int]]:
+        """Every operand pair in the text, unordered: "7 + 5", "5 + 7" and "7 - 5" share one."""
+        return {(min(int(a), int(b)), max(int(a), int(b))) for a, _, b in EQUATION.findall(text)}
+
+    # every equation anywhere in the training text, the ones in rambling completions included
+    training_text = [value for split in ("corpus", "sft", "prefs", "prompts") for r in splits[split]
+                     for value in r.values()]  # fmt: skip
+    training = set().union(*(pairs(text) for text in training_text))
+    held_out = set().union(*(pairs(r["prompt"]) for r in splits["eval_prompts"]))
+    assert len(training) > 3000 and len(held_out) >= 100
+    assert not training & held_out
+
+
+def test_arithmetic_held_out_results_cover_every_residue():
+    """The hold-out rule must not be a function of the result (as (left + right) % 4 would be)."""
+    eval_results = [int(result) for _, result in demo_data._SPECS["arithmetic"].eval_pool]
+    assert len(eval_results) > 2000
+    assert {r % 4 for r in eval_results} == {0, 1, 2, 3}
+    assert len(set(eval_results)) == 100
 
 
 # ---------------------------------------------------------------- gold scorers, worked by hand

@@ -81,6 +81,11 @@ class Config(StageConfig):
             raise ConfigError("The PPO stage needs 'prompts': a data source of {\"prompt\"} rows.")
 
 
+def check(cfg: Config) -> None:
+    """Validate the prompts up front, before any stage of the run trains."""
+    load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")
+
+
 class PromptStream:
     """Prompts in a fresh seeded shuffle each epoch, so a batch never repeats within a pass."""
 
@@ -96,13 +101,15 @@ class PromptStream:
         return batch
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_length: int) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: list[str], max_length: int, source: str = "prompts"
+) -> list[list[int]]:
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     for row, ids in enumerate(encoded, start=1):
         if len(ids) > max_length:
             raise UserError(
-                f"Prompt row {row} is {len(ids)} tokens, longer than max_prompt_length={max_length}: "
-                f"{prompts[row - 1][:80]!r}"
+                f"{source}, row {row}: the prompt is {len(ids)} tokens, longer than max_prompt_length="
+                f"{max_length} (raise max_prompt_length or shorten it): {prompts[row - 1][:80]!r}"
             )
     return encoded
 
@@ -145,7 +152,7 @@ def run(ctx: StageContext) -> StageResult:
 
     # 1. models: policy (+ reference), value model, frozen reward model
     tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
-    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length)))
+    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
     stop_ids = [tokenizer.eos_token_id]
     if cfg.stop_token:
         stop_ids = tokenizer.convert_tokens_to_ids([cfg.stop_token])
