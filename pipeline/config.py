@@ -72,6 +72,8 @@ class TrainingConfig(StageConfig):
     eval_data: str | None = None
     log_every: int = 10
     checkpoint_every: int | None = None  # optimizer steps between resumable checkpoints
+    keep_checkpoints: int = 2  # newest verified checkpoints kept (an older one is the fallback)
+    skip_nonfinite: bool = False  # skip an update whose gradients are NaN/inf instead of stopping
 
     def __post_init__(self) -> None:
         check_positive(self, "lr", "batch_size", "epochs")

@@ -13,7 +13,9 @@ _MODULES = {
     "pretrain": "stages.pretrain",
     "sft": "stages.sft",
     "reward": "stages.reward",
-    "ppo": "stages.rl.stage",
+    "rl": "stages.rl.stage",  # algorithm: ppo | grpo | rloo | reinforce
+    "ppo": "stages.rl.stage",  # the same stage; kept as the name of the classic pipeline's last step
+    "dpo": "stages.dpo",
 }
 
 

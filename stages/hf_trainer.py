@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
+from pipeline.checkpoints import INDEX, latest_valid, step_of, write_index
 from pipeline.config import LoraConfig, TrainingConfig
+from pipeline.errors import UserError
+from pipeline.faults import crash_point
+from pipeline.log import log
 from pipeline.models import save_pretrained
 from stages.base import StageContext
 
@@ -29,6 +34,8 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         eval_strategy="no",  # the stage evaluates before and after training itself
         save_strategy="steps" if save else "no",
         save_steps=cfg.checkpoint_every or 500,
+        save_total_limit=max(1, cfg.keep_checkpoints),
+        logging_nan_inf_filter=False,  # a NaN loss must be seen, not averaged away
         report_to="none",
         seed=ctx.seed,
         data_seed=ctx.seed,
@@ -42,11 +49,47 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:
-    """The newest resumable Trainer checkpoint of this stage, if a previous attempt left one."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest verified Trainer checkpoint a previous attempt of this stage left, if any."""
+    folder = latest_valid(ctx.work_dir / "trainer", ctx.name)
+    return str(folder) if folder else None
 
-    folder = ctx.work_dir / "trainer"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+class ReliabilityCallback(TrainerCallback):
+    """Seals each checkpoint with an index, and stops (or skips the update) on non-finite gradients
+    before they reach the weights: a NaN never gets saved."""
+
+    def __init__(self, stage: str, skip_nonfinite: bool):
+        self.stage, self.skip_nonfinite, self.skipped = stage, skip_nonfinite, 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.norm() for g in grads])).all():
+            if not self.skip_nonfinite:
+                raise NonFiniteError(self.stage, state.global_step + 1, newest_checkpoint(args.output_dir))
+            self.skipped += 1
+            log(f"[{self.stage}] step {state.global_step + 1}: non-finite gradients, update skipped")
+            for p in model.parameters():
+                p.grad = None  # the optimizer leaves parameters without a gradient untouched
+
+    def on_step_end(self, args, state, control, **kwargs):
+        crash_point("train.step", state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        write_index(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+
+class NonFiniteError(UserError):
+    def __init__(self, stage: str, step: int, checkpoint: str | None):
+        where = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        super().__init__(
+            f"Stage '{stage}': the loss or gradients became NaN/inf at step {step}; stopped before updating "
+            f"the weights ({where}). Lower the learning rate, or set skip_nonfinite: true to skip such steps."
+        )
+
+
+def newest_checkpoint(output_dir: str) -> str | None:
+    sealed = sorted(Path(output_dir).glob("checkpoint-*/" + INDEX), key=lambda p: step_of(p.parent))
+    return str(sealed[-1].parent) if sealed else None
 
 
 def peft_config(lora: LoraConfig, task_type: str):
@@ -68,6 +111,11 @@ def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
     so the next stage (and its KL reference) starts from the fine-tuned policy, not the bare base."""
     from peft import PeftModel
 
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(
+            f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}) to {out_dir}."
+        )
     if isinstance(model, PeftModel):
         model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")

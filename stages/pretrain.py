@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 from pipeline.log import log
 from pipeline.models import build_causal_lm, load_model, load_tokenizer, save_pretrained, train_bpe_tokenizer
 from stages.base import StageContext, StageResult
-from stages.hf_trainer import last_checkpoint, trainer_arguments
+from stages.hf_trainer import ReliabilityCallback, last_checkpoint, trainer_arguments
 
 
 @dataclass
@@ -81,6 +81,7 @@ def run(ctx: StageContext) -> StageResult:
 
     # 3. train, measuring held-out loss before and after
     trainer = Trainer(
+        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
         model=model,
         args=TrainingArguments(**trainer_arguments(cfg, ctx)),
         train_dataset=datasets.Dataset.from_list(train_blocks),

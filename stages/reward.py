@@ -9,7 +9,13 @@ from pipeline.data import PREFERENCE, load_rows, train_and_eval
 from pipeline.models import load_model, load_tokenizer
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
-from stages.hf_trainer import last_checkpoint, peft_config, save_with_adapter, trainer_arguments
+from stages.hf_trainer import (
+    ReliabilityCallback,
+    last_checkpoint,
+    peft_config,
+    save_with_adapter,
+    trainer_arguments,
+)
 
 
 @dataclass
@@ -55,6 +61,7 @@ def run(ctx: StageContext) -> StageResult:
         dataset_num_proc=None,
     )
     trainer = RewardTrainer(
+        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),

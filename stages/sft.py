@@ -10,7 +10,13 @@ from pipeline.data import PROMPT_COMPLETION, load_rows, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
-from stages.hf_trainer import last_checkpoint, peft_config, save_with_adapter, trainer_arguments
+from stages.hf_trainer import (
+    ReliabilityCallback,
+    last_checkpoint,
+    peft_config,
+    save_with_adapter,
+    trainer_arguments,
+)
 
 
 @dataclass
@@ -53,6 +59,7 @@ def run(ctx: StageContext) -> StageResult:
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(
+        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),

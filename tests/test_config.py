@@ -127,7 +127,8 @@ def test_none_for_optional_and_int_for_float_are_accepted():
         ("stages.reward.batch_size=0", "Config key 'stages.reward.batch_size' must be > 0, got 0."),
         (
             "stages.ppo.batch_size=10",
-            "Config section 'stages.ppo': batch_size (10) must be divisible by minibatch_size (16).",
+            "Config section 'stages.ppo': batch_size x group_size (10 x 1) must be divisible by "
+            "minibatch_size (16).",
         ),
         ("stages.ppo.temperature=0", "Config key 'stages.ppo.temperature' must be > 0, got 0.0."),
         ("stages.sft.eval_fraction=1.5", "Config key 'stages.sft.eval_fraction' must be in [0, 1), got 1.5."),

@@ -10,8 +10,9 @@ from pipeline.config import LoraConfig, ModelConfig
 from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenizer
 from stages.rl.masking import place_sequence_reward
 from stages.rl.models import build_policy, build_reference, reference_mode
+from stages.rl.rewards import rollout_sequences
 from stages.rl.rollout import Rollout, batched_response_logprobs, sample
-from stages.rl.stage import left_pad, score_rollout
+from stages.rl.stage import left_pad
 
 LORA = LoraConfig(enabled=True, r=4, alpha=8)
 
@@ -123,17 +124,6 @@ def test_with_lora_the_policy_and_reference_share_one_copy_of_the_base_weights(b
     assert copy is not full and not any(p.requires_grad for p in copy.parameters())
 
 
-class RecordingRewardModel:
-    """Stands in for LearnedRewardModel: records the sequences it is asked to score."""
-
-    def __init__(self):
-        self.seen = []
-
-    def score_ids(self, sequences):
-        self.seen = sequences
-        return torch.tensor([float(len(s)) for s in sequences])
-
-
 def test_reward_is_read_and_placed_at_the_real_end_of_each_response():
     eos, pad, stop = 2, 0, 9
     from stages.rl.masking import response_mask
@@ -150,14 +140,14 @@ def test_reward_is_read_and_placed_at_the_real_end_of_each_response():
     query_ids = torch.tensor([[pad, 11], [12, 13], [pad, 14]])
     query_mask = (query_ids != pad).long()
     rollout = Rollout(query_ids, query_mask, response, mask, last_index, ended)
-    recorder = RecordingRewardModel()
-    scores = score_rollout(recorder, rollout, eos)
-    assert recorder.seen == [
+    sequences = rollout_sequences(rollout, eos)  # what the reward model scores, read at its last index
+    assert sequences == [
         [11, 5, eos],  # the EOS it produced, nothing after it
         [12, 13, 5, 6, 7, 8, eos],  # formatted like reward training: EOS appended to an unfinished response
         [14, 5, 6, stop, eos],  # stop token kept, EOS appended as in training
     ]
     assert last_index.tolist() == [1, 3, 2] and ended.tolist() == [True, False, True]
+    scores = torch.tensor([float(len(seq)) for seq in sequences])
     rewards = place_sequence_reward(scores, last_index, 4)
     assert rewards.tolist() == [[0, 3.0, 0, 0], [0, 0, 0, 7.0], [0, 0, 5.0, 0]]
 

@@ -45,6 +45,7 @@ def sample(
     stop_token_ids: Sequence[int],
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    greedy: bool = False,
 ) -> Rollout:
     """Ancestral sampling of up to `max_new_tokens` per prompt, one forward pass per token over the cache."""
     batch = query_ids.shape[0]
@@ -56,8 +57,11 @@ def sample(
     done = torch.zeros(batch, dtype=torch.bool, device=query_ids.device)
     tokens = []
     for _ in range(max_new_tokens):
-        probs = torch.softmax(output.logits[:, -1].float() / temperature, dim=-1)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if greedy:  # ReMax's baseline response
+            token = output.logits[:, -1].argmax(-1)
+        else:
+            probs = torch.softmax(output.logits[:, -1].float() / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         done |= torch.isin(token, stops)

@@ -1,8 +1,11 @@
-"""PPO for language models on Accelerate: sample, score, per-token KL penalty, GAE, clipped updates.
+"""The RL stage: PPO, GRPO, RLOO or REINFORCE on one engine (sampling, rewards, KL, updates, checkpoints).
 
-Follows Ziegler et al. (2019) and "The N+ implementation details of RLHF with PPO" (Huang et al., 2024):
-the sequence reward lands on each response's real last token, the KL penalty on every token, advantages
-are whitened per batch, and responses that never stop can be penalised.
+Each step: sample `group_size` responses for each of `batch_size` prompts with the KV cache; score them
+(learned reward models and reward functions); put the KL to the frozen reference into the reward (a
+per-token penalty) or into the loss; turn rewards into advantages the algorithm's way (algorithms.py);
+run clipped policy-gradient updates (update.py). PPO follows Ziegler et al. (2019) and "The N+
+implementation details of RLHF with PPO" (Huang et al., 2024): the score lands on each response's real
+last token, advantages are whitened, and responses that never stop can be penalised.
 """
 
 from __future__ import annotations
@@ -18,37 +21,46 @@ from tqdm.auto import tqdm
 from pipeline.config import LoraConfig, StageConfig, check_positive, input_field
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.errors import ConfigError, UserError
+from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_tokenizer, token_scores
-from reward_models.learned import LearnedRewardModel
+from reward_models.functions import load_reward_function
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import save_with_adapter
-from stages.rl import advantages as adv
+from stages.rl import algorithms, checkpoint
+from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from stages.rl.losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits
-from stages.rl.masking import masked_mean, place_sequence_reward
 from stages.rl.models import build_policy, build_reference, build_value_model, reference_mode
-from stages.rl.rollout import Rollout, batched_response_logprobs, response_logits, sample, token_logprobs
+from stages.rl.rewards import build_reward_mix
+from stages.rl.rollout import Rollout, batched_response_logprobs, sample
+from stages.rl.update import UpdateBatch, UpdateSettings, update
 
 
 @dataclass
 class Config(StageConfig):
+    algorithm: Literal["ppo", "grpo", "rloo", "reinforce"] = "ppo"
     policy: str = input_field("sft")  # the policy to improve: stage name, path or hub id
-    reward_model: str = input_field("reward")  # learned reward model: stage name, path or hub id
-    value_init: Literal["reward_model", "policy"] = "reward_model"
+    reward_model: str | None = input_field("reward")  # learned reward model: stage name, path or hub id
+    reward_model_weight: float = 1.0
+    reward_functions: dict[str, float] = field(default_factory=dict)  # module:function -> weight
+    reward_clip: float | None = None  # clip the total score to [-c, c]
+    normalize_rewards: bool = False  # divide scores by a running std after subtracting a running mean
+    value_init: Literal["reward_model", "policy"] = "reward_model"  # PPO's value head
     prompts: str = ""  # {"prompt"} rows
     total_episodes: int = 1024  # sampled responses over the whole stage
     batch_size: int = 64  # prompts per rollout
-    minibatch_size: int = 16
-    ppo_epochs: int = 4
+    group_size: int = 1  # samples per prompt (GRPO and RLOO need >= 2)
+    minibatch_size: int = 16  # responses per gradient step
+    ppo_epochs: int = 4  # update epochs over each rollout batch (all algorithms)
     lr: float = 3e-4
     max_grad_norm: float = 1.0
     max_prompt_length: int = 64
     max_new_tokens: int = 24
     temperature: float = 1.0
     stop_token: str | None = None  # None: the tokenizer's EOS
-    kl_coef: float = 0.05
+    kl_coef: float = 0.05  # 0 switches the KL term off
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_in_loss: bool | None = None  # None: in the loss for GRPO, a per-token reward penalty otherwise
     adaptive_kl: bool = False
     kl_target: float = 6.0
     kl_horizon: int = 10000
@@ -57,40 +69,67 @@ class Config(StageConfig):
     clip_range: float = 0.2
     value_clip_range: float = 0.2
     vf_coef: float = 0.1
-    whiten_rewards: bool = False
+    whiten_rewards: bool = False  # PPO: scale token rewards by their std
+    whiten_advantages: bool = True  # PPO, RLOO, REINFORCE (GRPO's group normalisation already scales)
+    scale_rewards: bool = True  # GRPO: divide by the group's std
+    baseline: Literal["batch", "running", "greedy"] = "batch"  # REINFORCE
+    baseline_momentum: float = 0.9
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses that never stop
     lora: LoraConfig = field(default_factory=LoraConfig)
     log_every: int = 1
+    checkpoint_every: int | None = None  # RL steps between resumable checkpoints
+    keep_checkpoints: int = 2
+    skip_nonfinite: bool = False  # skip a minibatch whose loss is NaN/inf instead of stopping
 
     def __post_init__(self) -> None:
         check_positive(
             self,
             "total_episodes",
             "batch_size",
+            "group_size",
             "minibatch_size",
             "ppo_epochs",
             "lr",
             "temperature",
             "max_new_tokens",
+            "checkpoint_every",
         )
-        if self.batch_size % self.minibatch_size:
+        if (self.batch_size * self.group_size) % self.minibatch_size:
             raise ConfigError(
-                f"batch_size ({self.batch_size}) must be divisible by minibatch_size ({self.minibatch_size})."
+                f"batch_size x group_size ({self.batch_size} x {self.group_size}) must be "
+                f"divisible by minibatch_size ({self.minibatch_size})."
+            )
+        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+            raise ConfigError(
+                f"algorithm {self.algorithm} compares samples of the same prompt: set group_size "
+                f">= 2 (got {self.group_size})."
             )
         if not self.prompts:
-            raise ConfigError("The PPO stage needs 'prompts': a data source of {\"prompt\"} rows.")
+            raise ConfigError("The RL stage needs 'prompts': a data source of {\"prompt\"} rows.")
+        if not self.reward_model and not self.reward_functions:
+            raise ConfigError("The RL stage needs a reward: set reward_model and/or reward_functions.")
+        if self.algorithm == "ppo" and self.value_init == "reward_model" and not self.reward_model:
+            raise ConfigError("value_init: reward_model needs a reward_model; set value_init: policy.")
+
+    @property
+    def kl_is_loss(self) -> bool:
+        return (
+            algorithms.KL_IN_LOSS_BY_DEFAULT[self.algorithm] if self.kl_in_loss is None else self.kl_in_loss
+        )
 
 
 def check(cfg: Config) -> None:
-    """Validate the prompts up front, before any stage of the run trains."""
+    """Validate the prompts and reward functions up front, before any stage of the run trains."""
     load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")
+    for spec in cfg.reward_functions:
+        load_reward_function(spec)
 
 
 class PromptStream:
-    """Prompts in a fresh seeded shuffle each epoch, so a batch never repeats within a pass."""
+    """Prompts in a fresh seeded shuffle each pass, so a batch never repeats within a pass."""
 
     def __init__(self, prompts: list[str], seed: int):
-        self.prompts, self.rng, self.queue = prompts, random.Random(seed), []
+        self.prompts, self.rng, self.queue, self.batches = prompts, random.Random(seed), [], 0
 
     def next_batch(self, size: int) -> list[str]:
         while len(self.queue) < size:
@@ -98,7 +137,13 @@ class PromptStream:
             self.rng.shuffle(order)
             self.queue.extend(order)
         batch, self.queue = self.queue[:size], self.queue[size:]
+        self.batches += 1
         return batch
+
+    def fast_forward(self, batches: int, size: int) -> None:
+        """Replay the draws of an interrupted run (cheap and exact: the stream is seeded)."""
+        for _ in range(batches):
+            self.next_batch(size)
 
 
 def encode_prompts(
@@ -124,16 +169,13 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
-def score_rollout(reward: LearnedRewardModel, rollout: Rollout, eos_id: int) -> torch.Tensor:
-    """Reward-model score of each prompt + response, formatted as in reward training (ending in EOS)."""
-    sequences = []
-    for row in range(rollout.query_ids.shape[0]):
-        query = rollout.query_ids[row][rollout.query_mask[row].bool()].tolist()
-        response = rollout.response_ids[row, : int(rollout.last_index[row]) + 1].tolist()
-        if response[-1] != eos_id:
-            response.append(eos_id)
-        sequences.append(query + response)
-    return reward.score_ids(sequences)
+def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
+    if not stop_token:
+        return [tokenizer.eos_token_id]
+    ids = tokenizer.convert_tokens_to_ids([stop_token])
+    if ids[0] in (None, tokenizer.unk_token_id):
+        raise ConfigError(f"stop_token {stop_token!r} is not a single token of the policy's tokenizer.")
+    return ids
 
 
 def values_of(value_model, rollout: Rollout) -> torch.Tensor:
@@ -150,54 +192,97 @@ def run(ctx: StageContext) -> StageResult:
     device = accelerator.device
     prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
 
-    # 1. models: policy (+ reference), value model, frozen reward model
+    # 1. models: policy (+ reference), value model for PPO, frozen reward sources
     tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
     prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
-    stop_ids = [tokenizer.eos_token_id]
-    if cfg.stop_token:
-        stop_ids = tokenizer.convert_tokens_to_ids([cfg.stop_token])
-        if stop_ids[0] in (None, tokenizer.unk_token_id):
-            raise ConfigError(
-                f"stop_token {cfg.stop_token!r} is not a single token of the policy's tokenizer."
-            )
+    stop_ids = stop_token_ids(tokenizer, cfg.stop_token)
     policy = build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code)
     reference = build_reference(policy)
-    value_source = ctx.inputs["reward_model"] if cfg.value_init == "reward_model" else ctx.inputs["policy"]
-    value_model = build_value_model(value_source, cfg.value_init == "reward_model", cfg.trust_remote_code)
-    value_model.config.pad_token_id = tokenizer.pad_token_id
-    reward = LearnedRewardModel.load(
-        ctx.inputs["reward_model"], device=device, trust_remote_code=cfg.trust_remote_code
+    rm_path = ctx.inputs.get("reward_model")
+    rewards = build_reward_mix(
+        rm_path,
+        cfg.reward_model_weight,
+        cfg.reward_functions,
+        tokenizer,
+        device,
+        cfg.reward_clip,
+        cfg.normalize_rewards,
+        cfg.trust_remote_code,
     )
-    if reward.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(
-            "The reward model's tokenizer differs from the policy's; use a reward model trained from "
-            "the same tokenizer."
+    value_model = None
+    if cfg.algorithm == "ppo":
+        from_rm = cfg.value_init == "reward_model"
+        if from_rm and not rewards.sources[0].same_tokenizer:
+            raise ConfigError(
+                "The reward model's tokenizer differs from the policy's, so its weights cannot "
+                "start a value head that reads policy tokens: set value_init: policy."
+            )
+        value_model = build_value_model(
+            rm_path if from_rm else ctx.inputs["policy"], from_rm, cfg.trust_remote_code
         )
+        value_model.config.pad_token_id = tokenizer.pad_token_id
     if reference is not None:
         reference.to(device)
-    trainable = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, eps=1e-5)
-    policy, value_model, optimizer = accelerator.prepare(policy, value_model, optimizer)
+    trained = [m for m in (policy, value_model) if m is not None]
+    optimizer = torch.optim.AdamW(
+        [p for m in trained for p in m.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5
+    )
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    if value_model is not None:
+        value_model = accelerator.prepare(value_model)
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
         else FixedKLController(cfg.kl_coef)
     )
+    running = RunningMeanBaseline(cfg.baseline_momentum)
+    settings = UpdateSettings(
+        cfg.ppo_epochs,
+        cfg.minibatch_size,
+        cfg.clip_range,
+        cfg.value_clip_range,
+        cfg.vf_coef,
+        cfg.temperature,
+        cfg.max_grad_norm,
+        0.0,
+        cfg.kl_estimator,
+        cfg.skip_nonfinite,
+    )
 
+    # 2. resume from the newest verified checkpoint of an interrupted attempt, if any
     stream = PromptStream(prompts, ctx.seed)
     generator = torch.Generator(device=device).manual_seed(ctx.seed)
-    steps = max(1, cfg.total_episodes // cfg.batch_size)
+    saved = {"policy": accelerator.unwrap_model(policy)}
+    if value_model is not None:
+        saved["value_model"] = accelerator.unwrap_model(value_model)
+    episodes_per_step = cfg.batch_size * cfg.group_size
+    steps = max(1, cfg.total_episodes // episodes_per_step)
     history: list[dict] = []
-    started = time.time()
-    progress = tqdm(range(1, steps + 1), desc=f"{ctx.name}", disable=not accelerator.is_main_process)
+    first_step, last_checkpoint = 1, None
+    resume = checkpoint.resume_point(ctx.work_dir, ctx.name)
+    if resume is not None:
+        state = checkpoint.load(resume, saved, optimizer, generator)
+        first_step, history, last_checkpoint = state.step + 1, state.history, str(resume)
+        kl_ctl.load_state_dict(state.kl_controller)
+        stream.fast_forward(state.prompt_stream["batches"], cfg.batch_size)
+        running.load_state_dict(state.extra["running_baseline"])
+        rewards.moments.load_state_dict(state.extra["reward_moments"])
+
+    started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    progress = tqdm(
+        range(first_step, steps + 1),
+        desc=ctx.name,
+        initial=first_step - 1,
+        total=steps,
+        disable=not accelerator.is_main_process,
+    )
     for step in progress:
-        # 2. rollout
-        batch_prompts = stream.next_batch(cfg.batch_size)
+        # 3. rollout: group_size samples of each prompt, consecutive rows forming a group
+        batch_prompts = [p for p in stream.next_batch(cfg.batch_size) for _ in range(cfg.group_size)]
         query_ids, query_mask = left_pad(
             [prompt_ids[p] for p in batch_prompts], tokenizer.pad_token_id, device
         )
-        unwrapped = accelerator.unwrap_model(policy)
-        unwrapped.eval()
+        unwrapped = accelerator.unwrap_model(policy).eval()
         rollout = sample(
             unwrapped,
             query_ids,
@@ -208,123 +293,113 @@ def run(ctx: StageContext) -> StageResult:
             tokenizer.pad_token_id,
             generator,
         )
+        crash_point("ppo.rollout", step)
         mask = rollout.response_mask
         with torch.no_grad():
-            old_logprobs = batched_response_logprobs(unwrapped, rollout, cfg.temperature, cfg.batch_size)
+            old_logprobs = batched_response_logprobs(unwrapped, rollout, cfg.temperature, episodes_per_step)
             with reference_mode(unwrapped, reference) as ref_model:
-                ref_logprobs = batched_response_logprobs(ref_model, rollout, cfg.temperature, cfg.batch_size)
-            old_values = values_of(value_model, rollout)
-            scores = score_rollout(reward, rollout, tokenizer.eos_token_id).to(device)
+                ref_logprobs = batched_response_logprobs(
+                    ref_model, rollout, cfg.temperature, episodes_per_step
+                )
+            old_values = values_of(value_model, rollout) if value_model is not None else None
+
+        # 4. score: every reward source, then the penalty for responses that never stop
+        completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        scored = rewards.score(rollout, batch_prompts, completions, tokenizer.eos_token_id)
+        scores = scored["total"].to(device)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(rollout.ended, scores, scores - cfg.missing_eos_penalty)
+        if not torch.isfinite(scores).all():
+            raise UserError(
+                f"Stage '{ctx.name}': a reward is NaN/inf at RL step {step}; stopped before updating "
+                f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
+            )
+        greedy_scores = None
+        if cfg.algorithm == "reinforce" and cfg.baseline == "greedy":
+            greedy = sample(
+                unwrapped,
+                query_ids,
+                query_mask,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                stop_ids,
+                tokenizer.pad_token_id,
+                greedy=True,
+            )
+            greedy_text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
+            greedy_scores = rewards.score(greedy, batch_prompts, greedy_text, tokenizer.eos_token_id)["total"]
 
-        # 3. rewards: KL penalty on every token, the sequence score on the last real one
+        # 5. advantages: the KL to the reference as a per-token penalty, or (kl_in_loss) a loss term
         kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
-        rewards = -kl_ctl.value * kl + place_sequence_reward(scores, rollout.last_index, mask.shape[1])
-        if cfg.whiten_rewards:
-            rewards = adv.whiten(rewards, mask, shift_mean=False)
-        advantages, returns = adv.gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
-        advantages = adv.whiten(advantages, mask)
+        kl_coef = kl_ctl.value  # the coefficient that shapes this step
+        result = algorithms.compute(
+            cfg.algorithm,
+            scores,
+            kl,
+            0.0 if cfg.kl_is_loss else kl_coef,
+            mask,
+            rollout.last_index,
+            values=old_values,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            group_size=cfg.group_size,
+            scale_rewards=cfg.scale_rewards,
+            whiten_advantages=cfg.whiten_advantages,
+            whiten_rewards=cfg.whiten_rewards,
+            baseline=cfg.baseline,
+            running=running,
+            greedy_scores=None if greedy_scores is None else greedy_scores.to(device),
+        )
 
-        # 4. several epochs of clipped updates over shuffled minibatches
+        # 6. clipped updates
         policy.train()
-        stats = ppo_update(
-            cfg,
-            accelerator,
-            policy,
-            value_model,
-            optimizer,
-            rollout,
-            old_logprobs,
-            old_values,
-            advantages,
-            returns,
+        settings.kl_loss_coef = kl_coef if cfg.kl_is_loss else 0.0
+        batch = UpdateBatch(
+            rollout, old_logprobs, ref_logprobs, result.advantages, old_values, result.returns
+        )
+        stats = update(
+            settings, accelerator, policy, value_model, optimizer, batch, step, ctx.name, last_checkpoint
         )
         mean_kl = kl.sum(1).mean().item()
-        kl_coef = kl_ctl.value  # the coefficient that shaped this step's rewards
-        kl_ctl.update(mean_kl, cfg.batch_size)
+        kl_ctl.update(mean_kl, episodes_per_step)
 
-        # 5. log
+        # 7. log and checkpoint
         row = {
             "step": step,
-            "episodes": step * cfg.batch_size,
+            "episodes": step * episodes_per_step,
             "reward": scores.mean().item(),
             "kl": mean_kl,
             "kl_coef": kl_coef,
-            "non_score_reward": (-kl_coef * kl).sum(1).mean().item(),
             "response_length": mask.sum(1).mean().item(),
             "ended_fraction": rollout.ended.float().mean().item(),
             "elapsed_s": time.time() - started,
+            **{f"reward/{k}": v.mean().item() for k, v in scored.items() if k != "total"},
             **stats,
         }
-        for key in ("reward", "kl", "policy_loss", "value_loss"):
-            if not torch.isfinite(torch.tensor(row[key])):
-                raise UserError(f"PPO step {step}: {key} is {row[key]}; stopping before writing NaN weights.")
         history.append(row)
         if step % cfg.log_every == 0:
             progress.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
+            folder = checkpoint.checkpoint_folder(ctx.work_dir, step)
+            extra = {"running_baseline": running.state_dict(), "reward_moments": rewards.moments.state_dict()}
+            state = checkpoint.TrainingState(
+                step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
+            )
+            checkpoint.save(folder, state, saved, optimizer, generator)
+            checkpoint.keep_newest(ctx.work_dir, cfg.keep_checkpoints)
+            last_checkpoint = str(folder)
 
-    # 6. save the policy (LoRA merged; the adapter kept beside it)
-    elapsed = time.time() - started
+    # 8. save the policy (LoRA merged; the adapter kept beside it)
     save_with_adapter(accelerator.unwrap_model(policy), tokenizer, ctx.out_dir)
     window = max(1, len(history) // 4)
+    elapsed = history[-1]["elapsed_s"]
     metrics = {
         "steps": float(steps),
-        "episodes": float(steps * cfg.batch_size),
+        "episodes": float(steps * episodes_per_step),
         "reward_first": sum(r["reward"] for r in history[:window]) / window,
         "reward_last": sum(r["reward"] for r in history[-window:]) / window,
         "kl_last": history[-1]["kl"],
-        "episodes_per_second": steps * cfg.batch_size / elapsed,
+        "episodes_per_second": steps * episodes_per_step / max(elapsed, 1e-9),
     }
-    log(f"[{ctx.name}] {metrics['episodes_per_second']:.1f} episodes/s")
+    log(f"[{ctx.name}] {cfg.algorithm}: {metrics['episodes_per_second']:.1f} episodes/s")
     return StageResult(metrics=metrics, history=history)
-
-
-def ppo_update(
-    cfg: Config,
-    accelerator,
-    policy,
-    value_model,
-    optimizer,
-    rollout: Rollout,
-    old_logprobs,
-    old_values,
-    advantages,
-    returns,
-) -> dict[str, float]:
-    batch = rollout.query_ids.shape[0]
-    width = rollout.query_ids.shape[1]
-    ids, seq_mask, mask = rollout.sequence_ids, rollout.sequence_mask, rollout.response_mask
-    totals: dict[str, float] = {}
-    count = 0
-    for _ in range(cfg.ppo_epochs):
-        for part in torch.randperm(batch).split(cfg.minibatch_size):
-            logits = response_logits(policy, ids[part], seq_mask[part], width)
-            logprobs = token_logprobs(logits, rollout.response_ids[part], cfg.temperature)
-            values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1].float()
-            pg = clipped_policy_loss(
-                logprobs, old_logprobs[part], advantages[part], mask[part], cfg.clip_range
-            )
-            vf = clipped_value_loss(values, old_values[part], returns[part], mask[part], cfg.value_clip_range)
-            loss = pg.loss + cfg.vf_coef * vf.loss
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm
-            )
-            optimizer.step()
-            with torch.no_grad():
-                entropy = masked_mean(
-                    entropy_from_logits(logits.detach().float() / cfg.temperature), mask[part]
-                )
-            for key, value in (
-                ("policy_loss", pg.loss),
-                ("value_loss", vf.loss),
-                ("clip_fraction", pg.clip_fraction),
-                ("approx_kl", pg.approx_kl),
-                ("value_clip_fraction", vf.clip_fraction),
-                ("entropy", entropy),
-            ):
-                totals[key] = totals.get(key, 0.0) + float(value.detach())
-            count += 1
-    return {key: value / count for key, value in totals.items()}

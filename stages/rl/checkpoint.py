@@ -1,0 +1,74 @@
+"""Everything an RL step depends on, saved so that a resumed run continues exactly where it stopped:
+trainable weights (safetensors), optimizer, every RNG stream, the KL controller, the prompt position."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.checkpoints import latest_valid, prune, write_index
+from pipeline.faults import crash_point
+
+
+@dataclass
+class TrainingState:
+    step: int
+    history: list[dict]
+    kl_controller: dict
+    prompt_stream: dict
+    extra: dict[str, Any]
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes: LoRA adapters, or every weight in full fine-tuning (tied ones once)."""
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save(
+    folder: Path, state: TrainingState, models: dict[str, torch.nn.Module], optimizer, generator
+) -> None:
+    """Write into `<folder>.tmp`, seal it with the index, then rename: a crash leaves no usable half."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        save_file(trainable_state(model), tmp / f"{name}.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    crash_point("ppo.checkpoint", state.step)
+    torch.save({"torch": torch.get_rng_state(), "sampler": generator.get_state()}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(state.__dict__))
+    write_index(tmp, state.step)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def load(folder: Path, models: dict[str, torch.nn.Module], optimizer, generator) -> TrainingState:
+    for name, model in models.items():
+        weights = load_file(folder / f"{name}.safetensors")
+        missing = set(weights) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise RuntimeError(f"checkpoint {folder} has weights the model lacks: {sorted(missing)[:3]}")
+        model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["sampler"])
+    return TrainingState(**json.loads((folder / "state.json").read_text()))
+
+
+def resume_point(work_dir: Path, stage: str) -> Path | None:
+    return latest_valid(work_dir / "checkpoints", stage)
+
+
+def checkpoint_folder(work_dir: Path, step: int) -> Path:
+    return work_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def keep_newest(work_dir: Path, keep: int) -> None:
+    prune(work_dir / "checkpoints", keep)

@@ -1,0 +1,101 @@
+"""The RL stage's reward: a weighted sum of learned reward models and `module:function` rewards, with
+optional clipping and running normalisation. Learned models that share the policy's tokenizer score the
+sampled token ids directly; any other model gets the decoded text, re-tokenized with its own tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reward_models import FunctionReward
+from reward_models.learned import LearnedRewardModel
+from stages.rl.rollout import Rollout
+
+
+@dataclass
+class RewardSource:
+    name: str
+    weight: float
+    scorer: LearnedRewardModel | FunctionReward
+    same_tokenizer: bool = False
+
+
+class RunningMoments:
+    """Running mean/std over all scores seen (Chan et al.'s parallel update), for reward normalisation."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        n, mean = x.numel(), float(x.mean())
+        delta = mean - self.mean
+        total = self.count + n
+        self.m2 += float(((x - mean) ** 2).sum()) + delta**2 * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / max(self.count - 1, 1)) ** 0.5
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+class RewardMix:
+    def __init__(self, sources: list[RewardSource], clip: float | None, normalize: bool):
+        self.sources, self.clip, self.normalize = sources, clip, normalize
+        self.moments = RunningMoments()
+
+    def score(self, rollout: Rollout, prompts: list[str], completions: list[str], eos_id: int) -> dict:
+        """{'total': [B] tensor, <source name>: [B] raw scores} on the CPU."""
+        parts = {}
+        for source in self.sources:
+            if isinstance(source.scorer, LearnedRewardModel) and source.same_tokenizer:
+                parts[source.name] = source.scorer.score_ids(rollout_sequences(rollout, eos_id))
+            else:
+                parts[source.name] = source.scorer(prompts, completions).float().cpu()
+        total = sum(source.weight * parts[source.name] for source in self.sources)
+        if self.clip is not None:
+            total = total.clamp(-self.clip, self.clip)
+        if self.normalize:
+            self.moments.update(total)
+            total = (total - self.moments.mean) / (self.moments.std + 1e-8)
+        return {"total": total, **parts}
+
+
+def rollout_sequences(rollout: Rollout, eos_id: int) -> list[list[int]]:
+    """Prompt + response up to its real last token, ending in EOS as in reward training (TRL appends one)."""
+    sequences = []
+    for row in range(rollout.query_ids.shape[0]):
+        query = rollout.query_ids[row][rollout.query_mask[row].bool()].tolist()
+        response = rollout.response_ids[row, : int(rollout.last_index[row]) + 1].tolist()
+        if response[-1] != eos_id:
+            response.append(eos_id)
+        sequences.append(query + response)
+    return sequences
+
+
+def build_reward_mix(
+    reward_model: str | None,
+    reward_model_weight: float,
+    functions: dict[str, float],
+    policy_tokenizer,
+    device,
+    clip: float | None,
+    normalize: bool,
+    trust_remote_code: bool = False,
+) -> RewardMix:
+    """`reward_model`: resolved path or hub id (or None); `functions`: module:function -> weight."""
+    sources = []
+    if reward_model:
+        model = LearnedRewardModel.load(reward_model, device=device, trust_remote_code=trust_remote_code)
+        same = model.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
+        sources.append(RewardSource("reward_model", reward_model_weight, model, same))
+    for spec, weight in functions.items():
+        sources.append(RewardSource(spec, weight, FunctionReward(spec)))
+    return RewardMix(sources, clip, normalize)
