@@ -55,6 +55,7 @@ class StageConfig:
     kind: str = ""
     seed: int | None = None  # None: the pipeline's seed
     trust_remote_code: bool = False
+    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, ...; writes logs/<stage>/
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         save_steps=cfg.checkpoint_every or 500,
         save_total_limit=max(1, cfg.keep_checkpoints),
         logging_nan_inf_filter=False,  # a NaN loss must be seen, not averaged away
-        report_to="none",
+        report_to=tracker_setup(cfg.report_to, ctx),
         seed=ctx.seed,
         data_seed=ctx.seed,
         bf16=False,
@@ -46,6 +47,18 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         disable_tqdm=False,
         remove_unused_columns=True,
     )
+
+
+def tracker_setup(report_to: list[str], ctx: StageContext) -> list[str] | str:
+    """Trainer's `report_to`; TensorBoard writes to <run-dir>/logs/<stage> (transformers reads the folder
+    from TENSORBOARD_LOGGING_DIR)."""
+    if "tensorboard" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logs_dir(ctx))
+    return list(report_to) or "none"
+
+
+def logs_dir(ctx: StageContext) -> Path:
+    return (ctx.run_dir or ctx.out_dir.parent) / "logs" / ctx.name
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:

@@ -45,3 +45,36 @@ def test_pretrain_packs_documents_into_full_blocks():
     expected += [tokenizer.eos_token_id]
     assert all(len(b["input_ids"]) == 3 for b in blocks)
     assert stream == expected[: len(stream)] and len(expected) - len(stream) < 3
+
+
+def test_rl_stage_writes_evaluation_snapshots_with_weights(tiny_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    block = {
+        "kind": "rl",
+        "policy": str(tiny_run / "sft"),
+        "reward_model": str(tiny_run / "reward"),
+        "prompts": "demo:reviews/prompts",
+        "total_episodes": 64,
+        "batch_size": 16,
+        "minibatch_size": 8,
+        "ppo_epochs": 1,
+        "max_new_tokens": 8,
+        "eval_every": 2,
+        "eval_prompts": "demo:reviews/eval_prompts",
+        "eval_max_prompts": 8,
+        "eval_gold": "reward_models.gold:reviews_gold",
+    }
+    out = tmp_path / "rl"
+    run_standalone(load_config(None, data={"stages": {"rl": block}}), "rl", None, out)
+    snapshots = json.loads((out / "snapshots.json").read_text())
+    assert [s["step"] for s in snapshots] == [0, 2, 4]
+    assert snapshots[0]["kl"] == 0.0  # the untouched policy is its own reference
+    for snap in snapshots:
+        assert set(snap["rewards"]) == {"reward_model", "gold"}
+        assert AutoModelForCausalLM.from_pretrained(out / snap["path"]).config.model_type == "llama"
+    history = json.loads((out / "history.json").read_text())
+    assert all(0 < row["unique_fraction"] <= 1 for row in history)

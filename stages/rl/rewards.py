@@ -51,8 +51,11 @@ class RewardMix:
         self.sources, self.clip, self.normalize = sources, clip, normalize
         self.moments = RunningMoments()
 
-    def score(self, rollout: Rollout, prompts: list[str], completions: list[str], eos_id: int) -> dict:
-        """{'total': [B] tensor, <source name>: [B] raw scores} on the CPU."""
+    def score(
+        self, rollout: Rollout, prompts: list[str], completions: list[str], eos_id: int, update: bool = True
+    ) -> dict:
+        """{'total': [B] tensor, <source name>: [B] raw scores} on the CPU. `update=False` leaves the running
+        normalisation statistics alone (evaluation snapshots must not shift training's scale)."""
         parts = {}
         for source in self.sources:
             if isinstance(source.scorer, LearnedRewardModel) and source.same_tokenizer:
@@ -63,7 +66,8 @@ class RewardMix:
         if self.clip is not None:
             total = total.clamp(-self.clip, self.clip)
         if self.normalize:
-            self.moments.update(total)
+            if update:
+                self.moments.update(total)
             total = (total - self.moments.mean) / (self.moments.std + 1e-8)
         return {"total": total, **parts}
 

@@ -10,6 +10,8 @@ last token, advantages are whitened, and responses that never stop can be penali
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,13 +28,14 @@ from pipeline.log import log
 from pipeline.models import load_tokenizer, token_scores
 from reward_models.functions import load_reward_function
 from stages.base import StageContext, StageResult
-from stages.hf_trainer import save_with_adapter
+from stages.hf_trainer import logs_dir, save_with_adapter
 from stages.rl import algorithms, checkpoint
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from stages.rl.models import build_policy, build_reference, build_value_model, reference_mode
 from stages.rl.rewards import build_reward_mix
 from stages.rl.rollout import Rollout, batched_response_logprobs, sample
+from stages.rl.snapshots import Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
 
 
@@ -80,6 +83,11 @@ class Config(StageConfig):
     checkpoint_every: int | None = None  # RL steps between resumable checkpoints
     keep_checkpoints: int = 2
     skip_nonfinite: bool = False  # skip a minibatch whose loss is NaN/inf instead of stopping
+    eval_every: int | None = None  # RL steps between evaluation snapshots on held-out prompts
+    eval_prompts: str | None = None  # {"prompt"} rows for the snapshots (the first eval_max_prompts)
+    eval_max_prompts: int = 64
+    eval_gold: str | None = None  # module:function gold scorer for the snapshots (never trained on)
+    save_snapshot_weights: bool = True  # keep the policy of each snapshot (to pick the best one)
 
     def __post_init__(self) -> None:
         check_positive(
@@ -104,6 +112,8 @@ class Config(StageConfig):
                 f"algorithm {self.algorithm} compares samples of the same prompt: set group_size "
                 f">= 2 (got {self.group_size})."
             )
+        if self.eval_every and not self.eval_prompts:
+            raise ConfigError("eval_every needs eval_prompts: the held-out prompts the snapshots sample.")
         if not self.prompts:
             raise ConfigError("The RL stage needs 'prompts': a data source of {\"prompt\"} rows.")
         if not self.reward_model and not self.reward_functions:
@@ -123,6 +133,10 @@ def check(cfg: Config) -> None:
     load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")
     for spec in cfg.reward_functions:
         load_reward_function(spec)
+    if cfg.eval_every:
+        load_rows(cfg.eval_prompts, PROMPT_ONLY, "RL evaluation prompts")
+        if cfg.eval_gold:
+            load_reward_function(cfg.eval_gold)
 
 
 class PromptStream:
@@ -184,11 +198,37 @@ def values_of(value_model, rollout: Rollout) -> torch.Tensor:
     return scores[:, rollout.query_ids.shape[1] - 1 : -1].float()
 
 
+def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snapshotter | None:
+    if not cfg.eval_every:
+        return None
+    prompts = [r["prompt"] for r in load_rows(cfg.eval_prompts, PROMPT_ONLY, "RL evaluation prompts")]
+    prompts = prompts[: cfg.eval_max_prompts]
+    sampling = {
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "stop_token_ids": stop_token_ids(tokenizer, cfg.stop_token),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.eval_prompts)
+    return Snapshotter(
+        prompts,
+        encoded,
+        cfg.eval_gold,
+        rewards,
+        tokenizer,
+        sampling,
+        ctx.work_dir,
+        ctx.seed,
+        cfg.save_snapshot_weights,
+    )
+
+
 def run(ctx: StageContext) -> StageResult:
     from accelerate import Accelerator
 
     cfg: Config = ctx.config
-    accelerator = Accelerator()
+    accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
+    accelerator.init_trackers(ctx.name)
     device = accelerator.device
     prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
 
@@ -267,6 +307,14 @@ def run(ctx: StageContext) -> StageResult:
         stream.fast_forward(state.prompt_stream["batches"], cfg.batch_size)
         running.load_state_dict(state.extra["running_baseline"])
         rewards.moments.load_state_dict(state.extra["reward_moments"])
+
+    snapshots = make_snapshotter(cfg, ctx, tokenizer, rewards)
+    if resume is not None and snapshots is not None:
+        snapshots.records = state.extra["snapshots"]
+    pad = functools.partial(left_pad, pad_id=tokenizer.pad_token_id, device=device)
+    reference_context = functools.partial(reference_mode, accelerator.unwrap_model(policy), reference)
+    if snapshots is not None and first_step == 1:
+        snapshots.take(0, 0, accelerator.unwrap_model(policy).eval(), reference_context, pad)
 
     started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
     progress = tqdm(
@@ -373,15 +421,30 @@ def run(ctx: StageContext) -> StageResult:
             "response_length": mask.sum(1).mean().item(),
             "ended_fraction": rollout.ended.float().mean().item(),
             "elapsed_s": time.time() - started,
+            "unique_fraction": len(set(completions)) / len(completions),
             **{f"reward/{k}": v.mean().item() for k, v in scored.items() if k != "total"},
             **stats,
         }
         history.append(row)
+        accelerator.log(row, step=step)
         if step % cfg.log_every == 0:
             progress.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
+        if snapshots is not None and (step % cfg.eval_every == 0 or step == steps):
+            snap = snapshots.take(
+                step,
+                step * episodes_per_step,
+                accelerator.unwrap_model(policy).eval(),
+                reference_context,
+                pad,
+            )
+            accelerator.log({f"eval/{k}": v for k, v in snap["rewards"].items()}, step=step)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
             folder = checkpoint.checkpoint_folder(ctx.work_dir, step)
-            extra = {"running_baseline": running.state_dict(), "reward_moments": rewards.moments.state_dict()}
+            extra = {
+                "running_baseline": running.state_dict(),
+                "reward_moments": rewards.moments.state_dict(),
+                "snapshots": snapshots.records if snapshots is not None else [],
+            }
             state = checkpoint.TrainingState(
                 step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
             )
@@ -391,6 +454,9 @@ def run(ctx: StageContext) -> StageResult:
 
     # 8. save the policy (LoRA merged; the adapter kept beside it)
     save_with_adapter(accelerator.unwrap_model(policy), tokenizer, ctx.out_dir)
+    if snapshots is not None:
+        (ctx.out_dir / "snapshots.json").write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
+    accelerator.end_training()
     window = max(1, len(history) // 4)
     elapsed = history[-1]["elapsed_s"]
     metrics = {
