@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline import distributed
 from pipeline.errors import UserError
 
 EPILOG = "Any number of key.path=value arguments override config values, e.g. stages.ppo.lr=1e-4."
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "nproc", None) and args.nproc > 1 and distributed.world_size() == 1:
+        return relaunch(argv if argv is not None else sys.argv[1:], args.nproc)
+    distributed.setup()
     try:
         return args.handler(args)
     except UserError as exc:
@@ -32,6 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def relaunch(argv: list[str], nproc: int) -> int:
+    """Start N copies of this command under torchrun (they find each other through its env variables)."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pipeline",
+        *rest,
+    ]
+    return subprocess.call(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run this stage and everything after it, reusing earlier finished stages",
     )
     run.add_argument("--no-eval", action="store_true", help="skip the evaluation after the stages")
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="run on N processes (torchrun); for GPUs, one per GPU. Same as `torchrun "
+        "--nproc_per_node N -m pipeline run ...`",
+    )
     run.set_defaults(handler=cmd_run)
 
     stage = commands.add_parser("stage", help="run one stage of a config on any checkpoint", epilog=EPILOG)
@@ -61,10 +97,46 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("overrides", nargs="*", metavar="key.path=value")
     stage.set_defaults(handler=cmd_stage)
 
-    ev = commands.add_parser("eval", help="(re)compute the evaluation of a run", epilog=EPILOG)
+    ev = commands.add_parser(
+        "eval",
+        help="(re)compute the evaluation of a run, on any policies and reward sources",
+        epilog=EPILOG + " Policies and learned reward models are stage names of the run, paths or hub ids.",
+    )
     ev.add_argument("--run-dir", required=True)
+    ev.add_argument("--baseline", metavar="SOURCE", help="the policy the others are judged against")
+    ev.add_argument("--candidate", metavar="SOURCE", help="the policy after RL")
+    ev.add_argument(
+        "--policy", action="append", default=[], metavar="NAME=SOURCE", help="one more policy (repeatable)"
+    )
+    ev.add_argument(
+        "--reward-model",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="one more learned reward model (repeatable)",
+    )
+    ev.add_argument(
+        "--reward-function",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:FUNCTION",
+        help="one more programmatic reward (repeatable)",
+    )
     ev.add_argument("overrides", nargs="*", metavar="key.path=value")
     ev.set_defaults(handler=cmd_eval)
+
+    cmp = commands.add_parser(
+        "compare", help="train several RL algorithms from the same SFT policy; one table", epilog=EPILOG
+    )
+    cmp.add_argument("config")
+    cmp.add_argument("overrides", nargs="*", metavar="key.path=value")
+    cmp.add_argument(
+        "--algorithms",
+        default="ppo,grpo,rloo,reinforce,dpo",
+        help="comma-separated: ppo, grpo, rloo, reinforce, dpo (default: all)",
+    )
+    cmp.add_argument("--run-dir", help="default: runs/<name>-compare")
+    cmp.set_defaults(handler=cmd_compare)
 
     data = commands.add_parser("data", help="write a demo task's data as jsonl files")
     data.add_argument("task", help="reviews or support")
@@ -106,20 +178,74 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_overrides(
+    policies: list[str] = (),
+    reward_functions: list[str] = (),
+    reward_models: list[str] = (),
+    baseline: str | None = None,
+    candidate: str | None = None,
+) -> list[str]:
+    """The `rlhf eval` flags as `evaluation.*` config overrides (values quoted, so YAML reads text)."""
+    overrides = [
+        f"evaluation.{key}={json.dumps(value)}"
+        for key, value in (("baseline", baseline), ("candidate", candidate))
+        if value
+    ]
+    for key, items in (
+        ("policies", policies),
+        ("reward_models", reward_models),
+        ("reward_functions", reward_functions),
+    ):
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep or not name or not value or "." in name:
+                raise UserError(
+                    f"'{item}' must look like NAME=SOURCE (a name without dots, e.g. "
+                    "base=runs/demo/pretrain or period=reward_models.rules:ends_with_period)."
+                )
+            overrides.append(f"evaluation.{key}.{name}={json.dumps(value)}")
+    return overrides
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
+    from pipeline.report import HTML_FILE, format_warnings
     from pipeline.rundir import CONFIG
     from pipeline.runner import Runner
 
     root = Path(args.run_dir)
     if not (root / CONFIG).is_file():
         raise UserError(f"'{root}' is not a run directory: it has no {CONFIG}.")
-    config = load_config(root / CONFIG, args.overrides)
+    flags = eval_overrides(
+        args.policy, args.reward_function, args.reward_model, args.baseline, args.candidate
+    )
+    config = load_config(root / CONFIG, [*flags, *args.overrides])
     runner = Runner(config, root)
     if config.pipeline.evaluation is None:
         raise UserError(f"The config of '{root}' has no 'evaluation' section.")
+    if config.pipeline.threads:
+        import torch
+
+        torch.set_num_threads(config.pipeline.threads)
     with runner.rundir.lock():
-        print_evaluation(runner.evaluate(force=True), root)
+        metrics = runner.evaluate(force=True)
+    print_evaluation(metrics, root)
+    warnings = format_warnings(metrics or {})
+    if warnings:
+        print("\n" + warnings)
+    print(f"HTML report: {root / 'eval' / HTML_FILE}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import compare, format_table
+    from pipeline.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or f"runs/{config.pipeline.name}-compare")
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    print(format_table(compare(config, algorithms, run_dir)))
+    print(f"\nTable: {run_dir / 'compare' / 'compare.md'}")
     return 0
 
 

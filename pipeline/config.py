@@ -23,7 +23,7 @@ def input_field(default: Any = None, **kwargs: Any) -> Any:
 class ModelConfig:
     """A model built from scratch. Ignored when the stage has `init_from`."""
 
-    family: Literal["llama", "gpt2", "qwen2"] = "llama"
+    family: Literal["llama", "gpt2", "qwen2", "bert", "t5"] = "llama"  # decoders; bert: encoder; t5: enc-dec
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -56,6 +56,8 @@ class StageConfig:
     seed: int | None = None  # None: the pipeline's seed
     trust_remote_code: bool = False
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, ...; writes logs/<stage>/
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 for GPUs; leave "no" on CPU
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
 
 
 @dataclass
@@ -91,13 +93,18 @@ def check_positive(cfg: Any, *names: str) -> None:
 
 @dataclass
 class EvaluationConfig:
-    """Sampling and scoring of the policies before and after RL on held-out prompts."""
+    """Sampling and scoring of policies (before and after RL, and any others) on held-out prompts."""
 
-    baseline: str = input_field("sft")  # the policy before RL
+    baseline: str = input_field("sft")  # the policy before RL: the one win rates are judged against
     candidate: str = input_field("ppo")  # the policy after RL
-    reference: str | None = input_field(None)  # KL reference; None: the baseline policy
+    reference: str | None = input_field(None)  # KL / perplexity reference; None: the baseline policy
     reward_model: str | None = input_field(None)  # learned reward model: stage name, path or hub id
     gold: str | None = None  # `module:function` gold scorer, used only here
+    # more policies to evaluate beside baseline and candidate: display name -> stage name, path or hub id
+    policies: dict[str, str] = field(default_factory=dict, metadata={"input": True})
+    # more learned reward models (e.g. one trained on held-out preferences): display name -> source
+    reward_models: dict[str, str] = field(default_factory=dict, metadata={"input": True})
+    reward_functions: dict[str, str] = field(default_factory=dict)  # display name -> `module:function`
     prompts: str = ""  # data source of held-out prompts, {"prompt"}
     samples_per_prompt: int = 2
     max_prompts: int | None = None
@@ -108,9 +115,37 @@ class EvaluationConfig:
     confidence: float = 0.95
     bootstrap_resamples: int = 2000
     seed: int | None = None
+    distinct_n: int = 2  # report distinct-1 .. distinct-n of each policy's samples
+    n_examples: int = 6  # prompts whose completions the report shows side by side
+    evaluate_best_checkpoint: bool = True  # also sample the candidate's best snapshot by gold (if kept)
+    health: dict[str, float] = field(default_factory=dict)  # training-health thresholds (pipeline/health.py)
 
     def __post_init__(self) -> None:
-        check_positive(self, "samples_per_prompt", "max_new_tokens", "temperature", "batch_size")
+        from pipeline.health import thresholds
+
+        check_positive(
+            self, "samples_per_prompt", "max_new_tokens", "temperature", "batch_size", "distinct_n"
+        )
+        policy_names = [self.baseline, self.candidate]
+        for name in self.policies:
+            if name in policy_names or "." in name:
+                raise InvalidValue(
+                    f"policies.{name}",
+                    "is taken (by baseline or candidate) or contains a '.': choose another name.",
+                )
+        reward_names = ["gold", "reward_model"]
+        for name in [*self.reward_models, *self.reward_functions]:
+            if name in reward_names or "." in name:
+                raise InvalidValue(
+                    name,
+                    "names a reward source twice (gold, reward_model, reward_models and reward_functions "
+                    "share one namespace) or contains a '.': choose another name.",
+                )
+            reward_names.append(name)
+        try:
+            thresholds(**self.health)
+        except ValueError as exc:
+            raise InvalidValue("health", f"is invalid: {exc}.") from exc
 
 
 @dataclass
@@ -121,6 +156,7 @@ class PipelineConfig:
     run_dir: str | None = None
     threads: int | None = None  # torch threads; None: all cores
     evaluation: EvaluationConfig | None = None
+    compare: dict[str, dict[str, Any]] = field(default_factory=dict)  # `rlhf compare`: algorithm -> overrides
 
 
 @dataclass
@@ -139,12 +175,21 @@ class ResolvedConfig:
 
 
 def stage_inputs(cfg: Any) -> dict[str, str]:
-    """The input fields of a stage config that are set: {field name: stage name, path or hub id}."""
-    return {
-        f.name: getattr(cfg, f.name)
-        for f in dataclasses.fields(cfg)
-        if f.metadata.get("input") and getattr(cfg, f.name)
-    }
+    """The input fields of a stage config that are set: {field name: stage name, path or hub id}.
+
+    A dict-valued input field (e.g. the evaluation's `policies`) contributes one entry per item,
+    keyed `field.key`.
+    """
+    inputs: dict[str, str] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not f.metadata.get("input") or not value:
+            continue
+        if isinstance(value, dict):
+            inputs.update({f"{f.name}.{key}": item for key, item in value.items() if item})
+        else:
+            inputs[f.name] = value
+    return inputs
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -20,10 +20,15 @@ TEXT = ("text",)
 PROMPT_COMPLETION = ("prompt", "completion")
 PREFERENCE = ("prompt", "chosen", "rejected")
 PROMPT_ONLY = ("prompt",)
+CLASSIFICATION = ("text", "label")  # label: a string or an integer
+TOKEN_TAGS = ("tokens", "tags")  # lists of strings of one length: a tag per token
+SOURCE_TARGET = ("source", "target")
+LIST_COLUMNS = ("tokens", "tags")
 
 
 def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[dict[str, str]]:
-    """Rows with exactly `columns`, each a non-empty string; anything else is a DataError naming the row."""
+    """Rows with exactly `columns`, each a non-empty string (`label` may be an integer, `tokens` and `tags`
+    are non-empty lists of strings); anything else is a DataError naming the row."""
     if not source:
         raise DataError(
             f"No {what} source is set: give a .jsonl/.json/.parquet path, demo:TASK/SPLIT or hf:NAME."
@@ -56,14 +61,38 @@ def check_row(row: Any, columns: Sequence[str], where: str) -> None:
         )
     for column in columns:
         value = row[column]
+        if column == "label" and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if column in LIST_COLUMNS:
+            check_string_list(value, column, where)
+            continue
         if not isinstance(value, str):
+            expected = "a string or an integer" if column == "label" else "a string"
             raise DataError(
-                f"{where}: field '{column}' must be a string, got {type(value).__name__} {value!r:.60}."
+                f"{where}: field '{column}' must be {expected}, got {type(value).__name__} {value!r:.60}."
             )
         if not value.strip():
             raise DataError(f"{where}: field '{column}' is empty.")
     if "chosen" in columns and row["chosen"] == row["rejected"]:
         raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair says nothing.")
+    if "tags" in columns and len(row["tags"]) != len(row["tokens"]):
+        raise DataError(
+            f"{where}: {len(row['tokens'])} tokens but {len(row['tags'])} tags; each token needs one tag."
+        )
+
+
+def check_string_list(value: Any, column: str, where: str) -> None:
+    if not isinstance(value, list):
+        raise DataError(
+            f"{where}: field '{column}' must be a list of strings, got {type(value).__name__} {value!r:.60}."
+        )
+    if not value:
+        raise DataError(f"{where}: field '{column}' is an empty list.")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(
+                f"{where}: field '{column}' item {i} must be a non-empty string, got {item!r:.60}."
+            )
 
 
 def _read(source: str) -> tuple[list[Any], str, list[str]]:

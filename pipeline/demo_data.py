@@ -1,6 +1,10 @@
 """Embedded synthetic demo tasks ("reviews", "support", "arithmetic"), every split generated from a seed.
 Held-out subjects / issues appear only in the pretraining corpus and eval_prompts, never in sft, prefs or
-prompts; held-out arithmetic operand pairs appear only in eval_prompts."""
+prompts; held-out arithmetic operand pairs appear only in eval_prompts.
+
+Supervised tasks for the `task` stage, in the reviews language, with splits train / test (no test row
+repeats a train row): "sentiment" ({"text","label"}), "ner" ({"tokens","tags"}, BIO product and aspect
+spans) and "summary" ({"source","target"}: a review -> its aspects and their polarity)."""
 
 from __future__ import annotations
 
@@ -14,16 +18,20 @@ from typing import NamedTuple
 
 from reward_models.gold import (
     INTENSIFIERS,
+    NEGATIONS,
     NEGATIVE_ADJECTIVES,
     POSITIVE_ADJECTIVES,
     reviews_gold,
     support_gold,
 )
-from reward_models.rules import arithmetic_exact
+from reward_models.rules import arithmetic_exact, copy_exact
 
-TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic")
+TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic", "copy")
 SPLITS: tuple[str, ...] = ("corpus", "sft", "prefs", "prompts", "eval_prompts")
 SIZES: dict[str, int] = {"corpus": 4000, "sft": 2000, "prefs": 2000, "prompts": 512, "eval_prompts": 128}
+SUPERVISED_TASKS: tuple[str, ...] = ("sentiment", "ner", "summary")  # for the `task` stage
+SUPERVISED_SPLITS: tuple[str, ...] = ("train", "test")
+SUPERVISED_SIZES: dict[str, int] = {"train": 2000, "test": 400}
 LABEL_NOISE = 0.1  # share of preference pairs whose chosen/rejected are swapped, like human raters
 UNFINISHED_RATE = 0.05  # share of SFT replies cut before their " .", a flaw RL can learn to fix
 HOLDOUT_EVERY = 4  # every 4th subject / issue is kept for eval_prompts only
@@ -268,6 +276,48 @@ def _arithmetic_filler(rng: random.Random) -> str:
     )
 
 
+# ---------------------------------------------------------------- copy: a verifiable reward tiny models learn
+# Held-out digit strings test the rule itself (attend to the i-th digit), which a 2-layer model can learn,
+# unlike held-out sums, which would need arithmetic it cannot learn from a lookup table.
+_COPY_LENGTHS = (3, 4, 5)
+
+
+def _copy_pool(held_out: bool) -> list[tuple[str, str]]:
+    """(prompt, digits) for a fixed sample of digit strings, split by a checksum into train and held-out."""
+    rng = random.Random("copy/pool")
+    strings = {
+        " ".join(str(rng.randint(0, 9)) for _ in range(rng.choice(_COPY_LENGTHS))) for _ in range(6000)
+    }
+    return [
+        (f"q : copy {digits} = ?", digits)
+        for digits in sorted(strings)
+        if (zlib.crc32(digits.encode()) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) == held_out
+    ]
+
+
+def _copy_completion(rng: random.Random, digits: str, flaw_rate: float) -> str:
+    """ " a : <digits> ." right ARITHMETIC_CORRECT_RATE of the time, else one digit changed, dropped or
+    swapped; with flaw_rate, cut before " ." instead."""
+    tokens = digits.split()
+    if rng.random() >= ARITHMETIC_CORRECT_RATE:
+        i = rng.randrange(len(tokens))
+        mistake = rng.choice(("change", "drop", "swap"))
+        if mistake == "change":
+            tokens[i] = str((int(tokens[i]) + rng.randint(1, 9)) % 10)
+        elif mistake == "drop":
+            del tokens[i]
+        else:
+            j = (i + 1) % len(tokens)
+            tokens[i], tokens[j] = tokens[j], tokens[i]
+    answer = " a : " + " ".join(tokens)
+    return answer if rng.random() < flaw_rate else answer + " ."
+
+
+def _copy_filler(rng: random.Random) -> str:
+    digits = " ".join(str(rng.randint(0, 9)) for _ in range(rng.choice(_COPY_LENGTHS)))
+    return f"the digits {digits} again : {digits} ."
+
+
 # ---------------------------------------------------------------- shared pieces
 def _join_and_end(
     rng: random.Random, clauses: list[list[str]], joiners: tuple[str, ...], unfinished_rate: float
@@ -306,6 +356,15 @@ _SPECS: dict[str, _TaskSpec] = {
         _arithmetic_completion,
         _arithmetic_filler,
         arithmetic_exact,
+        flaw_rate=ARITHMETIC_FLAW_RATE,
+        corpus_sees_held_out=False,
+    ),
+    "copy": _TaskSpec(
+        _copy_pool(False),
+        _copy_pool(True),
+        _copy_completion,
+        _copy_filler,
+        copy_exact,
         flaw_rate=ARITHMETIC_FLAW_RATE,
         corpus_sees_held_out=False,
     ),
@@ -370,8 +429,10 @@ def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
 
 def generate_split(task: str, split: str, seed: int = 0) -> list[dict]:
     """One split of a demo task; each split has its own RNG stream, so this is generate(task, seed)[split]."""
-    _check("task", task, TASKS)
-    _check("split", split, SPLITS)
+    _check("task", task, TASKS + SUPERVISED_TASKS)
+    _check("split", split, SUPERVISED_SPLITS if task in SUPERVISED_TASKS else SPLITS)
+    if task in SUPERVISED_TASKS:
+        return _supervised_split(task, split, seed)
     rng = random.Random(f"{task}/{split}/{seed}")  # str seeds hash with sha512: same in every process
     return _BUILDERS[split](_SPECS[task], rng, SIZES[split])
 
@@ -380,8 +441,9 @@ def generate(task: str, seed: int = 0) -> dict[str, list[dict]]:
     """All splits of a demo task. corpus: [{"text"}]; sft: [{"prompt","completion"}];
     prefs: [{"prompt","chosen","rejected"}]; prompts (RL training prompts) and eval_prompts (held out):
     [{"prompt"}]."""
-    _check("task", task, TASKS)
-    return {split: generate_split(task, split, seed) for split in SPLITS}
+    _check("task", task, TASKS + SUPERVISED_TASKS)
+    splits = SUPERVISED_SPLITS if task in SUPERVISED_TASKS else SPLITS
+    return {split: generate_split(task, split, seed) for split in splits}
 
 
 def write(task: str, out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
@@ -393,3 +455,78 @@ def write(task: str, out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
         paths[split] = out_dir / f"{split}.jsonl"
         paths[split].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return paths
+
+
+# ---------------------------------------------------------------- supervised tasks for the `task` stage
+
+
+class _TaggedReview(NamedTuple):
+    tokens: list[str]
+    tags: list[str]  # BIO: B-PRODUCT / I-PRODUCT on the subject, B-ASPECT on an aspect, O elsewhere
+    opinions: list[tuple[str, str]]  # (aspect or "it", "good" | "bad") per opinion, in order
+
+
+def _tagged_review(rng: random.Random) -> _TaggedReview:
+    """A finished review of the reviews language, word-tagged, with the polarity of each opinion."""
+    name = rng.choice(list(_FAMILIES))
+    family = _FAMILIES[name]
+    subject = rng.choice(family.subjects).split()
+    head = f"{rng.choice(_REVIEW_OPENERS)} the {rng.choice(_SUBJECT_MODIFIERS)}".split()
+    body = _review_completion(rng, name, 0.0).split()
+    tags = ["O"] * len(head) + ["B-PRODUCT"] + ["I-PRODUCT"] * (len(subject) - 1) + ["O"]
+    opinions: list[tuple[str, str]] = []
+    target, negated = "it", False
+    for i, token in enumerate(body):
+        is_aspect = token in family.aspects and i > 0 and body[i - 1] == "the"
+        tags.append("B-ASPECT" if is_aspect else "O")
+        if is_aspect or token == "it":
+            target, negated = token, False
+        elif token in NEGATIONS:
+            negated = not negated
+        elif token in POSITIVE_ADJECTIVES + NEGATIVE_ADJECTIVES:
+            good = (token in POSITIVE_ADJECTIVES) != negated
+            opinions.append((target, "good" if good else "bad"))
+    return _TaggedReview([*head, *subject, ":", *body], tags, opinions)
+
+
+def _sentiment_row(rng: random.Random) -> dict:
+    """{"text", "label"}: the gold scorer's sign of the review (negation and intensifiers included)."""
+    review = _tagged_review(rng)
+    colon = review.tokens.index(":")
+    score = reviews_gold([""], [" " + " ".join(review.tokens[colon + 1 :])])[0]
+    label = "positive" if score > 0 else "negative" if score < 0 else "neutral"
+    return {"text": " ".join(review.tokens), "label": label}
+
+
+def _ner_row(rng: random.Random) -> dict:
+    review = _tagged_review(rng)
+    return {"tokens": review.tokens, "tags": review.tags}
+
+
+def _summary_row(rng: random.Random) -> dict:
+    """{"source": review, "target": "<subject> : <aspect> good|bad , ..."} ("no opinion" when none)."""
+    review = _tagged_review(rng)
+    subject = [t for t, tag in zip(review.tokens, review.tags) if tag.endswith("PRODUCT")]
+    opinions = " , ".join(f"{aspect} {polarity}" for aspect, polarity in review.opinions) or "no opinion"
+    return {"source": " ".join(review.tokens), "target": f"{' '.join(subject)} : {opinions}"}
+
+
+_SUPERVISED_ROWS: dict[str, Callable[[random.Random], dict]] = {
+    "sentiment": _sentiment_row,
+    "ner": _ner_row,
+    "summary": _summary_row,
+}
+
+
+def _supervised_split(task: str, split: str, seed: int) -> list[dict]:
+    """Rows drawn from the task's own RNG stream; the test split skips any row the train split holds."""
+    seen = set()
+    if split == "test":
+        seen = {json.dumps(row) for row in _supervised_split(task, "train", seed)}
+    rng = random.Random(f"{task}/{split}/{seed}")
+    rows: list[dict] = []
+    while len(rows) < SUPERVISED_SIZES[split]:
+        row = _SUPERVISED_ROWS[task](rng)
+        if json.dumps(row) not in seen:
+            rows.append(row)
+    return rows

@@ -12,30 +12,92 @@ from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+# encoders: [SEP] ends every sequence, so it also serves as EOS (TRL's reward data appends an EOS)
+ENCODER_SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+SEQ2SEQ_SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}  # T5's ids 0, 1, 2
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained on `texts` (no BOS added: prompts and completions concatenate)."""
+def _train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `texts` (no BOS added: prompts and completions concatenate)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = _train_bpe(texts, vocab_size, list(SPECIAL_TOKENS.values()))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def train_encoder_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer for a BERT-style encoder: `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]`
+    (token type 1 for B), and a [MASK] token."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = _train_bpe(texts, vocab_size, list(ENCODER_SPECIAL_TOKENS.values()))
+    cls, sep = ENCODER_SPECIAL_TOKENS["cls_token"], ENCODER_SPECIAL_TOKENS["sep_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(t, tokenizer.token_to_id(t)) for t in (cls, sep)],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=sep, **ENCODER_SPECIAL_TOKENS)
+
+
+def sentinel_tokens(n: int) -> list[str]:
+    return [f"<extra_id_{i}>" for i in range(n)]
+
+
+def train_seq2seq_tokenizer(texts: Iterable[str], vocab_size: int, n_sentinels: int):
+    """A byte-level BPE tokenizer for a T5-style encoder-decoder: EOS appended to every sequence, and
+    `n_sentinels` span-corruption sentinels <extra_id_0>, <extra_id_1>, ..."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    sentinels = sentinel_tokens(n_sentinels)
+    tokenizer = _train_bpe(texts, vocab_size, [*SEQ2SEQ_SPECIAL_TOKENS.values(), *sentinels])
+    eos = SEQ2SEQ_SPECIAL_TOKENS["eos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.token_to_id(eos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, additional_special_tokens=sentinels, **SEQ2SEQ_SPECIAL_TOKENS
+    )
+
+
+def sentinel_ids(tokenizer) -> list[int]:
+    """The ids of <extra_id_0>, <extra_id_1>, ... in order, as far as the tokenizer has them."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    while f"<extra_id_{len(ids)}>" in vocab:
+        ids.append(vocab[f"<extra_id_{len(ids)}>"])
+    return ids
 
 
 def build_causal_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
     """A randomly initialised causal LM of the family and size in `cfg`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
+    if cfg.family not in ("llama", "gpt2", "qwen2"):
+        raise UserError(f"A causal LM is built from model.family llama, gpt2 or qwen2, not '{cfg.family}'.")
     ids = dict(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -67,6 +129,60 @@ def build_causal_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config)
 
 
+def bert_config(cfg: ModelConfig, tokenizer, **kwargs: Any):
+    """The BertConfig of the size in `cfg`; kwargs (num_labels, id2label, ...) pass through."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
+    )
+
+
+def t5_config(cfg: ModelConfig, tokenizer, **kwargs: Any):
+    """The T5Config of the size in `cfg` (`num_layers` in the encoder and in the decoder)."""
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=len(tokenizer),
+        d_model=cfg.hidden_size,
+        d_kv=cfg.hidden_size // cfg.num_heads,
+        d_ff=cfg.intermediate_size,
+        num_layers=cfg.num_layers,
+        num_decoder_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,  # T5 starts decoding from the pad token
+        **kwargs,
+    )
+
+
+def build_masked_lm(cfg: ModelConfig, tokenizer, next_sentence: bool = False) -> torch.nn.Module:
+    """A randomly initialised BERT: BertForMaskedLM, or BertForPreTraining (MLM + next-sentence head)."""
+    from transformers import BertForMaskedLM, BertForPreTraining
+
+    if cfg.family != "bert":
+        raise UserError(f"A masked LM is built from model.family 'bert', not '{cfg.family}'.")
+    return (BertForPreTraining if next_sentence else BertForMaskedLM)(bert_config(cfg, tokenizer))
+
+
+def build_seq2seq_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
+    """A randomly initialised T5 encoder-decoder (T5ForConditionalGeneration)."""
+    from transformers import T5ForConditionalGeneration
+
+    if cfg.family != "t5":
+        raise UserError(f"An encoder-decoder is built from model.family 't5', not '{cfg.family}'.")
+    return T5ForConditionalGeneration(t5_config(cfg, tokenizer))
+
+
 def check_model_source(source: str) -> None:
     path = Path(source)
     if path.exists() and not (path / "config.json").is_file():
@@ -83,6 +199,8 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"Could not load a tokenizer from '{source}': {exc}") from exc
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # an encoder's sequences end with [SEP]
     if tokenizer.eos_token_id is None:
         raise UserError(
             f"The tokenizer of '{source}' has no EOS token: responses could never end. Set eos_token."
@@ -111,14 +229,28 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def is_encoder_classifier(model: torch.nn.Module) -> bool:
+    """True for encoder classifiers (BERT and kin), which pool the first token through their own head
+    (`classifier`); decoder classifiers have a per-token `score` head instead."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return not hasattr(model, "score")
+
+
 def token_scores(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Per-token scalar scores [B, T] of a *ForSequenceClassification model (num_labels=1).
+    """Per-token scalar scores [B, T] of a decoder *ForSequenceClassification model (num_labels=1).
 
     The library's own pooling picks the last non-pad token, which is wrong when pad == eos; reading every
-    position lets callers pick the exact index (the response's real last token) themselves.
+    position lets callers pick the exact index (the response's real last token) themselves. An encoder
+    classifier has no per-token scores (every position sees the whole sequence): see `sequence_scores`.
     """
+    if is_encoder_classifier(model):
+        raise UserError(
+            f"{type(model).__name__} is an encoder classifier: it scores whole sequences, not tokens, so it "
+            "cannot serve as a value model (with an encoder reward model set value_init: policy)."
+        )
     if hasattr(model, "get_base_model"):  # peft: the wrapped model still routes through the adapters
         model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
@@ -128,6 +260,17 @@ def token_scores(
         position_ids=position_ids_from_mask(attention_mask),
     ).last_hidden_state
     return model.score(hidden).squeeze(-1)
+
+
+def sequence_scores(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """One scalar score [B] per right-padded sequence: a decoder's head read at the last real token, an
+    encoder's own forward (its pooled first token, e.g. BERT's [CLS] through pooler and classifier)."""
+    if is_encoder_classifier(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+    last = attention_mask.long().sum(1) - 1
+    return token_scores(model, input_ids, attention_mask).gather(1, last[:, None]).squeeze(1)
 
 
 def save_pretrained(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import distributed
 from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -53,6 +54,8 @@ class RunDir:
         self.root = Path(root)
 
     def prepare(self) -> None:
+        if not distributed.is_main():  # only the main process writes; the others wait at a barrier
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-probe"
@@ -63,7 +66,11 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """One rlhf process per run directory. flock is released by the OS if the holder dies."""
+        """One rlhf process per run directory. flock is released by the OS if the holder dies. In a
+        multi-process launch the main process holds it for all of them."""
+        if not distributed.is_main():
+            yield
+            return
         handle = open(self.root / ".lock", "a+")  # not "w": a refused process must not blank the holder's pid
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,6 +101,8 @@ class RunDir:
 
     def update_stage(self, name: str, replace: bool = False, **entry: Any) -> None:
         """Merge `entry` into the stage's record; `replace` starts a fresh record (a new attempt)."""
+        if not distributed.is_main():
+            return
         manifest = self.manifest()
         stages = manifest.setdefault("stages", {})
         if replace:
@@ -102,6 +111,8 @@ class RunDir:
         atomic_write_json(self.root / MANIFEST, manifest)
 
     def update_manifest(self, **entry: Any) -> None:
+        if not distributed.is_main():
+            return
         manifest = self.manifest()
         manifest.update(entry)
         atomic_write_json(self.root / MANIFEST, manifest)
@@ -123,13 +134,17 @@ class RunDir:
     def staging_path(self, name: str) -> Path:
         """Where a stage writes while it runs; never mistaken for finished output."""
         path = self.root / f".{name}.incomplete"
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
+        if distributed.is_main():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+        distributed.barrier()
         return path
 
     def publish(self, staging: Path, name: str) -> Path:
         """Replace the stage's folder by the completed staging folder (rename is the commit point)."""
         final = self.stage_path(name)
+        if not distributed.is_main():
+            return final
         if final.exists():
             old = self.root / f".{name}.old"
             shutil.rmtree(old, ignore_errors=True)

@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import distributed
 from pipeline.config import ResolvedConfig, stage_inputs
 from pipeline.config_schema import suggest, to_dict
 from pipeline.errors import ConfigError, UserError
 from pipeline.log import log
+from pipeline.memory import PeakMemory
 from pipeline.rundir import CONFIG, EVAL_DIR, RunDir, atomic_write_json, atomic_write_text
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
@@ -166,16 +168,21 @@ class Runner:
         Returns the names of the stages that trained; the evaluation's metrics land in `self.evaluation`.
         """
         self.rundir.prepare()
+        distributed.barrier()
         with self.rundir.lock():
-            atomic_write_text(self.rundir.root / CONFIG, self.config.to_yaml())
-            self.rundir.update_manifest(name=self.config.pipeline.name, order=self.order)
             to_run = self.plan(only, start)
             self.check_before_training(to_run, evaluate)
+            distributed.barrier()  # every process planned from the same manifest before it changes
+            if distributed.is_main():
+                atomic_write_text(self.rundir.root / CONFIG, self.config.to_yaml())
+            self.rundir.update_manifest(name=self.config.pipeline.name, order=self.order)
             for name in to_run:
                 node = self.nodes[name]
                 self.execute(node, self.resolve_inputs(node), self.prints[name])
-            if evaluate:
-                self.evaluation = self.evaluate()
+            if evaluate:  # sampling and scoring on the main process; the others wait
+                if distributed.is_main():
+                    self.evaluation = self.evaluate()
+                distributed.barrier()
             return to_run
 
     def plan(self, only: str | None, start: str | None) -> list[str]:
@@ -241,6 +248,7 @@ class Runner:
                 self.config.pipeline,
                 self.rundir.root,
             )
+            distributed.barrier()  # every process finished the stage before its folder is published
             self.rundir.publish(staging, node.name)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -256,7 +264,9 @@ class Runner:
             finished_at=_now(),
             versions=library_versions(),
         )
-        shutil.rmtree(self.rundir.work_path(node.name), ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(self.rundir.work_path(node.name), ignore_errors=True)
+        distributed.barrier()  # "finished" is on disk before any process resolves the next inputs
         log(f"[{node.name}] finished in {wall:.1f}s: {format_metrics(result.metrics)}")
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -284,11 +294,15 @@ class Runner:
         candidate = cfg.candidate
         history_file = self.rundir.stage_path(candidate) / "history.json"
         history = json.loads(history_file.read_text()) if history_file.exists() else []
+        snapshots_file = self.rundir.stage_path(candidate) / "snapshots.json"
+        snapshots = json.loads(snapshots_file.read_text()) if snapshots_file.exists() else []
         training = {"stage": candidate, **self.rundir.stage_entry(candidate).get("metrics", {})}
         staging = self.rundir.staging_path(EVAL_DIR)
         started = time.time()
         try:
-            metrics = evaluate(cfg, self.resolve, staging, self.config.pipeline.seed, history, training)
+            metrics = evaluate(
+                cfg, self.resolve, staging, self.config.pipeline.seed, history, training, snapshots
+            )
             self.rundir.publish(staging, EVAL_DIR)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -317,8 +331,16 @@ def execute_stage(
     seed_everything(seed, pipeline.threads)
     ctx = StageContext(node.name, node.config, inputs, staging, work, seed, run_dir)
     # Trainers print their logs; stdout is kept for the command's own result (tables, JSON).
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), PeakMemory() as peak:
         result = stage_module(node.kind).run(ctx)
+    result.metrics["peak_rss_mb"] = round(peak.mb, 1)  # the process's high-water mark while the stage ran
+    result.metrics["peak_rss_added_mb"] = round(
+        peak.mb - peak.start_mb, 1
+    )  # what this stage added at its peak
+    if peak.cuda_mb is not None:
+        result.metrics["peak_cuda_mb"] = round(peak.cuda_mb, 1)
+    if not distributed.is_main():
+        return result
     atomic_write_json(
         staging / "rlhf_stage.json",
         {

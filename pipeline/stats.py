@@ -149,3 +149,58 @@ def paired_bootstrap_difference(
         raise ValueError(f"after has {len(after)} values but before has {len(before)}: they must be paired")
     differences = _as_array(after, "after") - _as_array(before, "before")
     return _estimate(*_unit_sums(differences, groups), confidence, n_resamples, seed)
+
+
+def bootstrap_ratio(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    groups: Sequence[object] | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Estimate:
+    """sum(numerators) / sum(denominators) with a bootstrap CI, e.g. NLL per token over samples of
+    different lengths (each sample weighs by its token count).
+
+    Resamples rows, or whole groups with `groups` (`n` is then the number of groups), exactly like
+    `bootstrap_mean`, which is the special case of all denominators 1.
+    """
+    _check_settings(confidence, n_resamples)
+    top = _as_array(numerators, "numerators")
+    bottom = _as_array(denominators, "denominators")
+    if top.size != bottom.size:
+        raise ValueError(f"numerators has {top.size} values but denominators has {bottom.size}")
+    if np.any(bottom <= 0):
+        raise ValueError("denominators must all be > 0")
+    sums, _ = _unit_sums(top, groups)
+    counts, _ = _unit_sums(bottom, groups)
+    return _estimate(sums, counts, confidence, n_resamples, seed)
+
+
+def win_rate(
+    scores: Sequence[float],
+    baseline_scores: Sequence[float],
+    groups: Sequence[object],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    tie_tolerance: float = 1e-6,
+) -> Estimate:
+    """How often a policy beats the baseline, paired by prompt; ties count half.
+
+    For prompt p with policy samples a_1..a_k and baseline samples b_1..b_m (rows whose group is p),
+    win(p) = mean over all (i, j) of [a_i > b_j] + 0.5 [|a_i - b_j| <= tie_tolerance]; the win rate is
+    the mean of win(p) over prompts, with a bootstrap CI that resamples prompts (`n` = prompts). A
+    policy against itself scores exactly 0.5. The tolerance keeps float noise of a learned scorer
+    from turning equal scores of equal completions into wins or losses.
+    """
+    _check_settings(confidence, n_resamples)
+    a, b = _as_array(scores, "scores"), _as_array(baseline_scores, "baseline_scores")
+    if a.size != b.size:
+        raise ValueError(f"scores has {a.size} values but baseline_scores has {b.size}: they must be paired")
+    codes = _group_codes(groups, a.size)
+    per_prompt = []
+    for code in range(int(codes.max()) + 1):
+        diff = a[codes == code][:, None] - b[codes == code][None, :]
+        per_prompt.append(float(np.mean(np.where(np.abs(diff) <= tie_tolerance, 0.5, diff > 0))))
+    return bootstrap_mean(per_prompt, confidence=confidence, n_resamples=n_resamples, seed=seed)

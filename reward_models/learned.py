@@ -1,14 +1,20 @@
-"""A learned reward model (*ForSequenceClassification) scored at each response's real last token."""
+"""A learned reward model (*ForSequenceClassification): a decoder scored at each response's real last token,
+an encoder (BERT and kin) by its own pooled [CLS] score."""
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.models import load_model, load_tokenizer, token_scores
+from pipeline.models import is_encoder_classifier, load_model, load_tokenizer, sequence_scores
 
 
 class LearnedRewardModel:
-    """Scores text exactly as TRL's RewardTrainer formatted it in training: prompt + completion + EOS."""
+    """Scores text exactly as TRL's RewardTrainer formatted it in training: prompt + completion + EOS.
+
+    A decoder reads its score at the real last token (`pipeline.models.sequence_scores`), an encoder
+    from its own pooled first token; both take right-padded batches. An encoder's tokenizer may differ from
+    the policy's: the RL stage and the evaluation then hand it text, which it tokenizes itself.
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer, name: str = "reward_model", batch_size: int = 128):
         self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
@@ -31,6 +37,13 @@ class LearnedRewardModel:
         return next(self.model.parameters()).device
 
     def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+        if is_encoder_classifier(self.model):
+            # as TRL's RewardTrainer formats it: EOS appended as text, then the tokenizer adds [CLS] ... [SEP]
+            eos = self.tokenizer.eos_token
+            texts = [p + c if (p + c).endswith(eos) else p + c + eos for p, c in zip(prompts, completions)]
+            # an encoder has absolute positions: cut a text longer than it can read (keeping [CLS] and [SEP])
+            limit = getattr(self.model.config, "max_position_embeddings", None)
+            return self.tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]
         eos = self.tokenizer.eos_token_id
         encoded = self.tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=False)
         return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded["input_ids"]]
@@ -50,9 +63,9 @@ class LearnedRewardModel:
             for row, seq in enumerate(chunk):
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
-            per_token = token_scores(self.model, ids.to(self.device), mask.to(self.device))
-            last = torch.tensor([len(s) - 1 for s in chunk], device=self.device)
-            scores.append(per_token.gather(1, last[:, None]).squeeze(1).float().cpu())
+            scores.append(
+                sequence_scores(self.model, ids.to(self.device), mask.to(self.device)).float().cpu()
+            )
         return torch.cat(scores)
 
     def __call__(self, prompts: list[str], completions: list[str], **kwargs) -> torch.Tensor:

@@ -69,3 +69,16 @@ def ends_with_period(prompts: list[str], completions: list[str], **kwargs) -> li
     """Rewards a finished reply: 1.0 if the completion, stripped of surrounding whitespace, ends with
     ".", else 0.0."""
     return [1.0 if _as_text(c).strip().endswith(".") else 0.0 for c in completions]
+
+
+def copy_exact(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
+    """1.0 if the completion's answer repeats the digits after "copy" in the prompt exactly, else 0.0.
+
+    The "copy" demo task's verifiable reward and gold scorer: "q : copy 3 9 4 = ?" -> " a : 3 9 4 .".
+    """
+    scores = []
+    for prompt, completion in zip(prompts, completions):
+        wanted = _as_text(prompt).split("copy", 1)[-1].split("=", 1)[0].split()
+        answer = _as_text(completion).split(".", 1)[0].replace("a :", "", 1).split()
+        scores.append(1.0 if answer == wanted else 0.0)
+    return scores

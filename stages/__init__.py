@@ -16,6 +16,7 @@ _MODULES = {
     "rl": "stages.rl.stage",  # algorithm: ppo | grpo | rloo | reinforce
     "ppo": "stages.rl.stage",  # the same stage; kept as the name of the classic pipeline's last step
     "dpo": "stages.dpo",
+    "task": "stages.task",  # supervised fine-tuning: classification | token_classification | seq2seq
 }
 
 

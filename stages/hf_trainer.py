@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from pipeline import distributed
 from pipeline.checkpoints import INDEX, latest_valid, step_of, write_index
 from pipeline.config import LoraConfig, TrainingConfig
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import save_pretrained
@@ -25,8 +26,8 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         output_dir=str(ctx.work_dir / "trainer"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(cfg.batch_size, 32),
+        per_device_train_batch_size=per_process_batch(cfg.batch_size),
+        per_device_eval_batch_size=per_process_batch(max(cfg.batch_size, 32)),
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
@@ -40,13 +41,23 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         report_to=tracker_setup(cfg.report_to, ctx),
         seed=ctx.seed,
         data_seed=ctx.seed,
-        bf16=False,
-        gradient_checkpointing=False,
+        bf16=cfg.mixed_precision == "bf16",
+        gradient_checkpointing=cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         remove_unused_columns=True,
     )
+
+
+def per_process_batch(batch_size: int) -> int:
+    """`batch_size` is the global batch: the same training whatever the number of processes."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise ConfigError(
+            f"batch_size ({batch_size}) must be divisible by the number of processes ({world})."
+        )
+    return batch_size // world
 
 
 def tracker_setup(report_to: list[str], ctx: StageContext) -> list[str] | str:
@@ -88,7 +99,10 @@ class ReliabilityCallback(TrainerCallback):
         crash_point("train.step", state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
-        write_index(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+        distributed.barrier()  # every process has written its part (e.g. its RNG state) before the seal
+        if distributed.is_main():
+            write_index(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+        distributed.barrier()
 
 
 class NonFiniteError(UserError):
@@ -124,6 +138,8 @@ def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
     so the next stage (and its KL reference) starts from the fine-tuned policy, not the bare base."""
     from peft import PeftModel
 
+    if not distributed.is_main():  # one writer; every process holds the same weights
+        return
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise UserError(

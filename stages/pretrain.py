@@ -1,33 +1,93 @@
-"""Pretraining with the causal-LM objective: packed fixed-length blocks, from scratch or from a checkpoint."""
+"""Pretraining from scratch or from a checkpoint with one of three objectives:
+clm (causal LM on packed blocks), mlm (BERT's masked LM, optionally with next-sentence prediction) and
+seq2seq (T5's span corruption on packed blocks). The data math lives in stages/objectives.py."""
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
 
 from pipeline.config import ModelConfig, TrainingConfig, input_field
+from pipeline.config_schema import InvalidValue
 from pipeline.data import TEXT, load_rows, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.log import log
-from pipeline.models import build_causal_lm, load_model, load_tokenizer, save_pretrained, train_bpe_tokenizer
+from pipeline.models import (
+    build_causal_lm,
+    build_masked_lm,
+    build_seq2seq_lm,
+    load_model,
+    load_tokenizer,
+    save_pretrained,
+    sentinel_ids,
+    train_bpe_tokenizer,
+    train_encoder_tokenizer,
+    train_seq2seq_tokenizer,
+)
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import ReliabilityCallback, last_checkpoint, trainer_arguments
+from stages.objectives import (
+    MaskingCollator,
+    MaskingConfig,
+    SpanCorruptionCollator,
+    argmax_logits,
+    distinct_word_ids,
+    mlm_metrics,
+    next_sentence_pairs,
+    noise_counts,
+    split_sentences,
+)
+
+FAMILIES = {"clm": ("llama", "gpt2", "qwen2"), "mlm": ("bert",), "seq2seq": ("t5",)}
 
 
 @dataclass
 class Config(TrainingConfig):
     init_from: str | None = input_field(None)  # None: build `model` from scratch
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: str = ""  # {"text"} rows
-    objective: str = "clm"
-    block_size: int = 64
+    data: str = ""  # {"text"} rows; for nsp, in document order
+    objective: Literal["clm", "mlm", "seq2seq"] = "clm"
+    block_size: int = 64  # clm / seq2seq: tokens per packed block; mlm: most tokens per example
+    masking: MaskingConfig = field(default_factory=MaskingConfig)  # mlm
+    nsp: bool = False  # mlm: add next-sentence prediction (BertForPreTraining)
+    noise_density: float = 0.15  # seq2seq: share of each block's tokens hidden in spans
+    mean_span_length: float = 3.0  # seq2seq
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.objective != "clm":
-            raise ConfigError(
-                f"stages.pretrain.objective '{self.objective}' is not supported yet; use 'clm'."
+        families = FAMILIES[self.objective]
+        if self.init_from is None and self.model.family not in families:
+            raise InvalidValue(
+                "objective",
+                f"is '{self.objective}', which trains a model of family {' or '.join(families)}, but "
+                f"model.family is '{self.model.family}': set model.family: {families[0]}.",
             )
+        if not 0.0 < self.noise_density < 1.0 or self.mean_span_length < 1.0:
+            raise InvalidValue("noise_density", "must be in (0, 1), and mean_span_length >= 1.")
+
+
+@dataclass
+class Objective:
+    """What one objective hands the shared training loop."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    collator: Any
+    compute_metrics: Any = None  # held-out metrics beyond the loss
+    keep_columns: bool = False  # the collator needs columns the model's forward does not take
+
+
+def check(cfg: Config) -> None:
+    """Validate the data up front, before any stage of the run trains."""
+    load_rows(cfg.data, TEXT, "pretraining data")
+    if cfg.eval_data:
+        load_rows(cfg.eval_data, TEXT, "pretraining data (eval)")
 
 
 def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[int]]]:
@@ -39,67 +99,170 @@ def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[in
     return [{"input_ids": stream[i * block_size : (i + 1) * block_size]} for i in range(n_blocks)]
 
 
-def check(cfg: Config) -> None:
-    """Validate the data up front, before any stage of the run trains."""
-    load_rows(cfg.data, TEXT, "pretraining data")
-    if cfg.eval_data:
-        load_rows(cfg.eval_data, TEXT, "pretraining data (eval)")
+def tokenizer_for(cfg: Config, ctx: StageContext, texts: list[str], train_new):
+    """The checkpoint's tokenizer, model.tokenizer, or one trained on the corpus by `train_new`."""
+    source = ctx.inputs.get("init_from") or cfg.model.tokenizer
+    if source:
+        return load_tokenizer(source, cfg.trust_remote_code)
+    log(f"[{ctx.name}] training a BPE tokenizer (vocab {cfg.model.vocab_size}) on {len(texts)} texts")
+    return train_new(texts, cfg.model.vocab_size)
 
 
+def model_for(cfg: Config, ctx: StageContext, auto_class: str, build):
+    source = ctx.inputs.get("init_from")
+    return load_model(auto_class, source, cfg.trust_remote_code) if source else build()
+
+
+# ---------------------------------------------------------------- one builder per objective
+def causal_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts: list[str]) -> Objective:
+    from transformers import DataCollatorForLanguageModeling
+
+    tokenizer = tokenizer_for(cfg, ctx, train_texts, train_bpe_tokenizer)
+    model = model_for(cfg, ctx, "AutoModelForCausalLM", lambda: build_causal_lm(cfg.model, tokenizer))
+    return Objective(
+        model,
+        tokenizer,
+        pack(train_texts, tokenizer, cfg.block_size),
+        pack(eval_texts, tokenizer, cfg.block_size),
+        DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+
+
+def masked_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts: list[str]) -> Objective:
+    tokenizer = tokenizer_for(cfg, ctx, train_texts, train_encoder_tokenizer)
+    if tokenizer.mask_token_id is None:
+        raise ConfigError(f"Stage '{ctx.name}': the tokenizer has no mask token, which objective mlm needs.")
+    auto_class = "BertForPreTraining" if cfg.nsp else "AutoModelForMaskedLM"
+    model = model_for(cfg, ctx, auto_class, lambda: build_masked_lm(cfg.model, tokenizer, cfg.nsp))
+    held_out = MaskingCollator(tokenizer, cfg.masking, ctx.seed + 1)
+    return Objective(
+        model,
+        tokenizer,
+        mlm_examples(train_texts, tokenizer, cfg, random.Random(ctx.seed)),
+        held_out.mask_once(mlm_examples(eval_texts, tokenizer, cfg, random.Random(ctx.seed + 1))),
+        MaskingCollator(tokenizer, cfg.masking, ctx.seed),  # masks every training batch afresh
+        mlm_metrics,
+        keep_columns=True,
+    )
+
+
+def mlm_examples(texts: list[str], tokenizer, cfg: Config, rng: random.Random) -> list[dict]:
+    """One example per document ([CLS] text [SEP]), or with nsp one per pair of adjacent sentences
+    ([CLS] A [SEP] B [SEP], B replaced by a random sentence half of the time); at most block_size tokens."""
+    pairs = None
+    if cfg.nsp:
+        pairs = next_sentence_pairs([split_sentences(t) for t in texts], rng)
+        first, second = [a for a, _, _ in pairs], [b for _, b, _ in pairs]
+    else:
+        first, second = texts, None
+    if not first:
+        return []
+    encoded = tokenizer(
+        first,
+        second,
+        truncation=True,
+        max_length=cfg.block_size,
+        return_special_tokens_mask=True,
+        return_token_type_ids=cfg.nsp,
+    )
+    rows = []
+    for i in range(len(first)):
+        row = {key: encoded[key][i] for key in encoded.keys() if key != "attention_mask"}
+        row["word_ids"] = distinct_word_ids(encoded.word_ids(i), encoded.sequence_ids(i))
+        if pairs:
+            row["next_sentence_label"] = pairs[i][2]
+        rows.append(row)
+    return rows
+
+
+def span_corruption_lm(
+    cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts: list[str]
+) -> Objective:
+    _, n_spans = noise_counts(cfg.block_size, cfg.noise_density, cfg.mean_span_length)
+
+    def train_new(texts, vocab_size):  # one sentinel per span, and the one that ends the targets
+        return train_seq2seq_tokenizer(texts, vocab_size, n_sentinels=n_spans + 1)
+
+    tokenizer = tokenizer_for(cfg, ctx, train_texts, train_new)
+    if len(sentinel_ids(tokenizer)) < n_spans + 1:
+        raise ConfigError(
+            f"Stage '{ctx.name}': span corruption of {cfg.block_size}-token blocks needs {n_spans + 1} "
+            f"sentinel tokens <extra_id_N>; the tokenizer has {len(sentinel_ids(tokenizer))}."
+        )
+    model = model_for(cfg, ctx, "AutoModelForSeq2SeqLM", lambda: build_seq2seq_lm(cfg.model, tokenizer))
+
+    def collator(seed: int) -> SpanCorruptionCollator:
+        return SpanCorruptionCollator(
+            tokenizer, sentinel_ids(tokenizer), cfg.noise_density, cfg.mean_span_length, seed
+        )
+
+    held_out = collator(ctx.seed + 1)  # corrupted once, so every evaluation scores the same spans
+    return Objective(
+        model,
+        tokenizer,
+        [{"tokens": b["input_ids"]} for b in pack(train_texts, tokenizer, cfg.block_size)],
+        [held_out.corrupt(b["input_ids"]) for b in pack(eval_texts, tokenizer, cfg.block_size)],
+        collator(ctx.seed),  # corrupts every training batch afresh
+        keep_columns=True,
+    )
+
+
+OBJECTIVES = {"clm": causal_lm, "mlm": masked_lm, "seq2seq": span_corruption_lm}
+
+
+# ---------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> StageResult:
     import datasets
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     cfg: Config = ctx.config
     train_rows, eval_rows = train_and_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, TEXT, ctx.seed, "pretraining data"
     )
-    train_texts = [r["text"] for r in train_rows]
 
-    # 1. tokenizer and model: loaded, or built from the config (training a BPE tokenizer on the corpus)
-    source = ctx.inputs.get("init_from")
-    if source:
-        tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-        model = load_model("AutoModelForCausalLM", source, cfg.trust_remote_code)
-    else:
-        if cfg.model.tokenizer:
-            tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.trust_remote_code)
-        else:
-            log(
-                f"[{ctx.name}] training a BPE tokenizer (vocab {cfg.model.vocab_size}) "
-                f"on {len(train_texts)} texts"
-            )
-            tokenizer = train_bpe_tokenizer(train_texts, cfg.model.vocab_size)
-        model = build_causal_lm(cfg.model, tokenizer)
+    # 1. tokenizer, model and examples of the objective (a tokenizer trained on the corpus when from scratch)
+    objective = OBJECTIVES[cfg.objective](
+        cfg, ctx, [r["text"] for r in train_rows], [r["text"] for r in eval_rows]
+    )
+    model, tokenizer = objective.model, objective.tokenizer
     log(f"[{ctx.name}] model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-
-    # 2. packed blocks
-    train_blocks = pack(train_texts, tokenizer, cfg.block_size)
-    eval_blocks = pack([r["text"] for r in eval_rows], tokenizer, cfg.block_size)
-    if not train_blocks:
+    if not objective.train_rows:
         raise ConfigError(f"The pretraining data is shorter than one block of {cfg.block_size} tokens.")
 
-    # 3. train, measuring held-out loss before and after
+    # 2. train, measuring held-out loss (and the objective's own metrics) before and after
+    args = trainer_arguments(cfg, ctx) | {"remove_unused_columns": not objective.keep_columns}
     trainer = Trainer(
         callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
         model=model,
-        args=TrainingArguments(**trainer_arguments(cfg, ctx)),
-        train_dataset=datasets.Dataset.from_list(train_blocks),
-        eval_dataset=datasets.Dataset.from_list(eval_blocks) if eval_blocks else None,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        args=TrainingArguments(**args),
+        train_dataset=datasets.Dataset.from_list(objective.train_rows),
+        eval_dataset=datasets.Dataset.from_list(objective.eval_rows) if objective.eval_rows else None,
+        data_collator=objective.collator,
         processing_class=tokenizer,
+        compute_metrics=objective.compute_metrics,
+        preprocess_logits_for_metrics=argmax_logits if objective.compute_metrics else None,
     )
     metrics: dict[str, float] = {}
-    if eval_blocks:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    if objective.eval_rows:
+        metrics |= {f"{k}_before": v for k, v in held_out_metrics(trainer).items()}
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint(ctx))
     metrics["train_loss"] = train_output.training_loss
-    if eval_blocks:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-        metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    metrics["train_tokens"] = float(len(train_blocks) * cfg.block_size)
+    if objective.eval_rows:
+        metrics |= held_out_metrics(trainer)
+        if cfg.objective == "clm":
+            metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    metrics["train_tokens"] = float(
+        sum(len(r.get("input_ids", r.get("tokens", []))) for r in objective.train_rows)
+    )
 
-    # 4. HF-native output
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # 3. HF-native output
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     save_pretrained(trainer.model, tokenizer, ctx.out_dir)
     return StageResult(metrics=metrics)
+
+
+def held_out_metrics(trainer) -> dict[str, float]:
+    """eval_loss and the objective's eval_* metrics (the Trainer's timing entries left out)."""
+    skip = ("runtime", "per_second", "preparation_time", "epoch")
+    return {k: v for k, v in trainer.evaluate().items() if not any(s in k for s in skip)}

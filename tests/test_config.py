@@ -79,7 +79,10 @@ def test_unknown_key_with_no_close_match_still_lists_valid_keys():
             "Config key 'stages.sft.lora.enabled' must be true or false, got int 1",
         ),
         ("stages.sft.lora=8", "Config key 'stages.sft.lora' must be a mapping of keys to values, got int"),
-        ("stages.pretrain.model.family=lama", "must be one of 'llama', 'gpt2', 'qwen2', got 'lama'"),
+        (
+            "stages.pretrain.model.family=lama",
+            "must be one of 'llama', 'gpt2', 'qwen2', 'bert', 't5', got 'lama'",
+        ),
         ("stages=[pretrain]", "Config key 'stages' must be a mapping, got a list"),
     ],
     ids=[
@@ -136,7 +139,10 @@ def test_none_for_optional_and_int_for_float_are_accepted():
             "stages.pretrain.model.num_heads=3",
             "Config key 'stages.pretrain.model.hidden_size' (64) must be divisible by num_heads (3).",
         ),
-        ("stages.pretrain.objective=mlm", "stages.pretrain.objective 'mlm' is not supported yet"),
+        (
+            "stages.pretrain.objective=mlm",
+            "'stages.pretrain.objective' is 'mlm', which trains a model of family bert",
+        ),
     ],
     ids=[
         "negative-lr",

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import demo_data
 from reward_models.gold import GOLD_SCORERS, reviews_gold, support_gold
-from reward_models.rules import arithmetic_exact, arithmetic_format
+from reward_models.rules import arithmetic_exact, arithmetic_format, copy_exact
 
 FIELDS = {
     "corpus": {"text"},
@@ -28,7 +28,7 @@ FIELDS = {
 }
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE_TASKS = ("reviews", "support")  # the tasks with a grammar of words and a graded gold score
-GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact}
+GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact, "copy": copy_exact}
 
 
 @cache

@@ -1,8 +1,12 @@
 """Tests for pipeline.report: verdict, tables, training-curve PNG and sample rendering."""
 
+import re
+import subprocess
 from pathlib import Path
 
-from pipeline.report import format_table, plot_training_curves, render_markdown, write_report
+import pytest
+
+from pipeline.report import format_table, format_warnings, plot_training_curves, render_markdown, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -195,3 +199,104 @@ def test_negative_zero_is_printed_as_zero() -> None:
     report = render_markdown(metrics, [], None)
     assert "-0.000" not in report
     assert "0.000 lower" in report
+
+
+def _full_metrics() -> dict:
+    """IMPROVED plus what the evaluation adds: a third policy, win rates, diversity, perplexity, warnings,
+    snapshots and the best checkpoint."""
+    metrics = _metrics(_estimate(1.2, 0.9, 1.5, 128), _estimate(1.2, 1.0, 1.4, 128))
+    extras = {"distinct_1": 0.25, "distinct_2": 0.5, "unique_completions": 0.75}
+    for name, policy in metrics["policies"].items():
+        policy.update(extras, perplexity_under_reference=_estimate(12.0, 11.0, 13.5))
+        if name != "sft":
+            policy["win_rate"] = {"gold": _estimate(0.8125, 0.75, 0.875, 128)}
+    metrics["policies"]["base"] = {
+        **metrics["policies"]["sft"],
+        "win_rate": {"gold": _estimate(0.25, 0.125, 0.375, 128)},
+        "distinct_2": 0.875,
+    }
+    metrics["snapshots"] = [
+        {"step": 0, "episodes": 0, "kl": 0.0, "rewards": {"reward_model": 0.0, "gold": 0.1}, "path": None},
+        {"step": 2, "episodes": 128, "kl": 1.5, "rewards": {"reward_model": 0.7, "gold": 0.9}, "path": "s/2"},
+        {"step": 4, "episodes": 256, "kl": 4.0, "rewards": {"reward_model": 1.1, "gold": 0.4}, "path": "s/4"},
+    ]
+    metrics["best_checkpoint"] = {**metrics["snapshots"][1], "stage": "ppo", "judged_by": "gold"}
+    metrics["warnings"] = [
+        {"kind": "overoptimization", "step": 2, "message": "Over-optimisation <b>: gold fell."},
+        {"kind": "empty_responses", "step": 3, "message": "Responses collapsed to an immediate end."},
+    ]
+    return metrics
+
+
+HEALTHY_HISTORY = [
+    {
+        "step": s,
+        "reward": 0.2 * s,
+        "kl": 0.5 * s,
+        "entropy": 2.0 - 0.1 * s,
+        "unique_fraction": 0.9,
+        "response_length": 10.0,
+        "value_loss": 0.4,
+        "reward/reward_model": 0.2 * s,
+    }
+    for s in range(1, 6)
+]
+
+
+def test_full_report_shows_every_policy_metric_warnings_and_checkpoints(tmp_path: Path) -> None:
+    metrics = _full_metrics()
+    report = write_report(tmp_path, metrics, SAMPLES, HEALTHY_HISTORY).read_text()
+    assert "| metric | SFT (before) | PPO (after) | BASE | difference |" in report
+    assert "| win rate vs SFT: gold | — | 0.812 [0.750, 0.875] | 0.250 [0.125, 0.375] | — |" in report
+    assert "| distinct-2 | 0.500 | 0.500 | 0.875 | — |" in report
+    assert "| perplexity under reference | 12.000 [11.000, 13.500] |" in report
+    assert "- **overoptimization** from step 2: Over-optimisation" in report
+    assert "| 2 | 128 | 1.500 | 0.700 | 0.900 | s/2 ← best |" in report
+    assert "Best checkpoint by gold: step 2 (gold 0.900, KL 1.500); its weights are in `ppo/s/2`" in report
+    for image in ("training_curves.png", "training_health.png", "reward_kl_frontier.png"):
+        assert (tmp_path / image).read_bytes().startswith(PNG_MAGIC)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 3
+    assert not re.search(r'(src|href)="(?!data:)', html)
+    assert "Over-optimisation &lt;b&gt;: gold fell." in html  # messages are escaped, not markup
+    assert "0.812 [0.750, 0.875]" in html and 'class="best"' in html
+    assert format_warnings(metrics).splitlines()[1].startswith("warning (empty_responses, from step 3)")
+    # Terminal table: the third policy gets a column before the difference.
+    assert format_table(metrics).splitlines()[1].split() == [
+        "metric",
+        "SFT",
+        "(before)",
+        "PPO",
+        "(after)",
+        "BASE",
+        "difference",
+    ]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    write_report(tmp_path / "eval", _full_metrics(), SAMPLES, HEALTHY_HISTORY)
+    shot = tmp_path / "report.png"
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        f"--screenshot={shot}",
+        "--window-size=1200,2400",
+        (tmp_path / "eval" / "report.html").as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.read_bytes().startswith(PNG_MAGIC)
+    # Page problems reach the log as console messages (a failed fetch, a script error); there are none.
+    assert "CONSOLE" not in result.stderr and "Failed to load resource" not in result.stderr

@@ -18,7 +18,13 @@ from pipeline.rundir import RunDir
 
 # Measured per run, not resumable: wall-clock figures, and the Trainer's running mean of the training
 # loss (transformers restarts that accumulator on resume; the weights and held-out metrics are exact).
-NOT_COMPARED = {"episodes_per_second", "train_loss"}
+MEASURED = {
+    "episodes_per_second",
+    "peak_rss_mb",
+    "peak_rss_added_mb",
+    "peak_cuda_mb",
+}  # of the machine, not of the training
+NOT_COMPARED = MEASURED | {"train_loss"}
 
 
 def stage_config(tiny_run: Path, stage: str) -> dict:
@@ -182,8 +188,8 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_run, tiny_config_file, 
     assert main(["run", str(tiny_config_file), "--run-dir", str(tmp_path / "again")]) == 0
     first, second = (json.loads((d / "manifest.json").read_text()) for d in (tiny_run, tmp_path / "again"))
     for stage in first["stages"]:
-        a = {k: v for k, v in first["stages"][stage]["metrics"].items() if k != "episodes_per_second"}
-        b = {k: v for k, v in second["stages"][stage]["metrics"].items() if k != "episodes_per_second"}
+        a = {k: v for k, v in first["stages"][stage]["metrics"].items() if k not in MEASURED}
+        b = {k: v for k, v in second["stages"][stage]["metrics"].items() if k not in MEASURED}
         assert a == b, stage
     eval_a, eval_b = (
         json.loads((d / "eval" / "metrics.json").read_text()) for d in (tiny_run, tmp_path / "again")

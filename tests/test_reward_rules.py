@@ -191,3 +191,12 @@ def test_a_misbehaving_reward_function_is_a_user_error_naming_it(name, message):
     fn = load_reward_function(spec)
     with pytest.raises(UserError, match=rf"Reward function '{spec}' {message}"):
         call_reward_function(fn, spec, [ADD, ADD], [" a : 12 .", " a : 13 ."])
+
+
+def test_copy_exact_compares_the_digits_after_copy():
+    from reward_models.rules import copy_exact
+
+    prompts = ["q : copy 3 9 4 = ?"] * 4
+    # exact; exact without the final period; a changed digit; a dropped digit
+    completions = [" a : 3 9 4 .", " a : 3 9 4", " a : 3 9 5 .", " a : 3 9 ."]
+    assert copy_exact(prompts, completions) == [1.0, 1.0, 0.0, 0.0]

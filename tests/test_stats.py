@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.stats import Estimate, bootstrap_mean, paired_bootstrap_difference
+from pipeline.stats import Estimate, bootstrap_mean, bootstrap_ratio, paired_bootstrap_difference, win_rate
 
 
 def test_constant_values_give_zero_width_interval() -> None:
@@ -142,3 +142,27 @@ def test_bad_settings_and_non_finite_values_raise() -> None:
         bootstrap_mean([1.0, 2.0], n_resamples=0)
     with pytest.raises(ValueError, match="non-finite"):
         bootstrap_mean([1.0, float("nan")])
+
+
+def test_win_rate_pairs_samples_by_prompt_and_counts_ties_half() -> None:
+    # Prompt a: policy [2, 0] vs baseline [1, 1] -> pairs 2>1, 2>1, 0<1, 0<1 -> 2/4 = 0.5.
+    # Prompt b: policy [3, 3] vs baseline [3, 1] -> tie, win, tie, win -> (0.5 + 1 + 0.5 + 1) / 4 = 0.75.
+    estimate = win_rate([2.0, 0.0, 3.0, 3.0], [1.0, 1.0, 3.0, 1.0], groups=["a", "a", "b", "b"])
+    assert estimate.mean == pytest.approx(0.625) and estimate.n == 2
+    assert estimate.ci_low <= 0.625 <= estimate.ci_high
+    # Against itself, always exactly one half; float noise below the tolerance is a tie.
+    values = np.random.default_rng(6).normal(size=12)
+    groups = [i // 3 for i in range(12)]
+    assert win_rate(values, values, groups) == Estimate(mean=0.5, ci_low=0.5, ci_high=0.5, n=4)
+    assert win_rate(values + 1e-9, values, groups).mean == 0.5
+
+
+def test_bootstrap_ratio_weighs_rows_by_their_denominator() -> None:
+    # Unequal lengths: 9 over 3 tokens and 1 over 1 token -> 10 / 4 = 2.5, while the mean of ratios is 2.
+    estimate = bootstrap_ratio([9.0, 1.0], [3.0, 1.0])
+    assert estimate.mean == pytest.approx(2.5) and estimate.n == 2
+    assert 1.0 <= estimate.ci_low <= 2.5 <= estimate.ci_high <= 3.0
+    grouped = bootstrap_ratio([9.0, 1.0, 4.0], [3.0, 1.0, 2.0], groups=["p", "p", "q"])
+    assert grouped.mean == pytest.approx(14.0 / 6.0) and grouped.n == 2
+    with pytest.raises(ValueError, match="denominators must all be > 0"):
+        bootstrap_ratio([1.0], [0.0])

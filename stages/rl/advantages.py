@@ -126,8 +126,9 @@ class RunningMeanBaseline:
         self.momentum = momentum
         self.value: float | None = None
 
-    def advantages(self, scores: Tensor) -> Tensor:
-        batch_mean = float(scores.detach().float().mean())
+    def advantages(self, scores: Tensor, batch_mean: float | None = None) -> Tensor:
+        """`batch_mean` overrides the mean of `scores` (e.g. the mean over all processes' scores)."""
+        batch_mean = float(scores.detach().float().mean()) if batch_mean is None else batch_mean
         baseline = batch_mean if self.value is None else self.value
         self.value = self.momentum * baseline + (1.0 - self.momentum) * batch_mean
         return scores - baseline

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
+from pipeline import distributed
 from stages.rl import advantages as adv
 from stages.rl.masking import place_sequence_reward
 
@@ -26,6 +28,21 @@ class Advantages:
     returns: Tensor | None  # [B, T] value targets (PPO only)
 
 
+def global_mean(x: Tensor, weight: Tensor) -> float:
+    """Weighted mean over every process's rows (weight 0 marks a placeholder row)."""
+    total = distributed.all_sum(torch.stack([(x * weight).sum(), weight.sum()]).double())
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def global_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """`advantages.whiten` with the mean and (unbiased) variance taken over all processes."""
+    mean = global_mean(x, mask)
+    sums = distributed.all_sum(torch.stack([(((x - mean) ** 2) * mask).sum(), mask.sum()]).double())
+    var = float(sums[0] / (sums[1] - 1).clamp(min=1))
+    white = (x - mean) * (var + eps) ** -0.5
+    return (white if shift_mean else white + mean) * mask
+
+
 def compute(
     algorithm: str,
     scores: Tensor,
@@ -33,6 +50,7 @@ def compute(
     kl_coef: float,
     mask: Tensor,
     last_index: Tensor,
+    row_weight: Tensor,
     *,
     values: Tensor | None = None,
     gamma: float = 1.0,
@@ -45,15 +63,16 @@ def compute(
     running: adv.RunningMeanBaseline | None = None,
     greedy_scores: Tensor | None = None,
 ) -> Advantages:
-    """`kl` is the per-token KL estimate [B, T] (zero where the KL is not a reward penalty), `scores` [B]."""
+    """`kl` is the per-token KL estimate [B, T] (zero where the KL is not a reward penalty), `scores` [B];
+    `mask` is zero on placeholder rows (row_weight 0), so they contribute to nothing."""
     if algorithm == "ppo":
         rewards = -kl_coef * kl + place_sequence_reward(scores, last_index, mask.shape[1])
         if whiten_rewards:
-            rewards = adv.whiten(rewards, mask, shift_mean=False)
+            rewards = global_whiten(rewards, mask, shift_mean=False)
         advantages, returns = adv.gae(rewards, values * mask, mask, gamma, lam)
-        return Advantages(adv.whiten(advantages, mask) if whiten_advantages else advantages, returns)
+        return Advantages(global_whiten(advantages, mask) if whiten_advantages else advantages, returns)
     sequence_rewards = scores - kl_coef * kl.sum(1)
-    if algorithm == "grpo":
+    if algorithm == "grpo":  # groups never straddle processes: prompts are sharded whole
         per_sequence = adv.group_normalized_advantages(sequence_rewards, group_size, scale=scale_rewards)
         return Advantages(per_sequence[:, None] * mask, None)
     if algorithm == "rloo":
@@ -61,9 +80,9 @@ def compute(
     elif baseline == "greedy":
         per_sequence = adv.greedy_baseline_advantages(sequence_rewards, greedy_scores)
     elif baseline == "running":
-        per_sequence = running.advantages(sequence_rewards)
+        per_sequence = running.advantages(sequence_rewards, global_mean(sequence_rewards, row_weight))
     else:
-        per_sequence = adv.batch_baseline_advantages(sequence_rewards)
+        per_sequence = sequence_rewards - global_mean(sequence_rewards, row_weight)
     if whiten_advantages:
-        per_sequence = adv.whiten(per_sequence)
+        per_sequence = global_whiten(per_sequence, row_weight)
     return Advantages(per_sequence[:, None] * mask, None)

@@ -1,5 +1,6 @@
 """Everything an RL step depends on, saved so that a resumed run continues exactly where it stopped:
-trainable weights (safetensors), optimizer, every RNG stream, the KL controller, the prompt position."""
+trainable weights (safetensors), optimizer, RNG, the KL controller, the prompt position (sampling noise
+and minibatch order are seeded by step, so they need no state)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save(
-    folder: Path, state: TrainingState, models: dict[str, torch.nn.Module], optimizer, generator
-) -> None:
+def save(folder: Path, state: TrainingState, models: dict[str, torch.nn.Module], optimizer) -> None:
     """Write into `<folder>.tmp`, seal it with the index, then rename: a crash leaves no usable half."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -41,14 +40,14 @@ def save(
         save_file(trainable_state(model), tmp / f"{name}.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     crash_point("ppo.checkpoint", state.step)
-    torch.save({"torch": torch.get_rng_state(), "sampler": generator.get_state()}, tmp / "rng.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")  # sampling noise is seeded by step
     (tmp / "state.json").write_text(json.dumps(state.__dict__))
     write_index(tmp, state.step)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def load(folder: Path, models: dict[str, torch.nn.Module], optimizer, generator) -> TrainingState:
+def load(folder: Path, models: dict[str, torch.nn.Module], optimizer) -> TrainingState:
     for name, model in models.items():
         weights = load_file(folder / f"{name}.safetensors")
         missing = set(weights) - {n for n, _ in model.named_parameters()}
@@ -58,7 +57,6 @@ def load(folder: Path, models: dict[str, torch.nn.Module], optimizer, generator)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["sampler"])
     return TrainingState(**json.loads((folder / "state.json").read_text()))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline import distributed
 from reward_models import FunctionReward
 from reward_models.learned import LearnedRewardModel
 from stages.rl.rollout import Rollout
@@ -27,11 +28,19 @@ class RunningMoments:
     def __init__(self) -> None:
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
-    def update(self, x: torch.Tensor) -> None:
-        n, mean = x.numel(), float(x.mean())
+    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """Add the (weighted) batch of every process: one all-reduce of its count, sum and sum of squares."""
+        weight = torch.ones_like(x) if weight is None else weight.to(x)
+        sums = distributed.all_sum(
+            torch.stack([weight.sum(), (weight * x).sum(), (weight * x * x).sum()]).double()
+        )
+        n = int(sums[0])
+        if n == 0:
+            return
+        mean = float(sums[1] / n)
         delta = mean - self.mean
         total = self.count + n
-        self.m2 += float(((x - mean) ** 2).sum()) + delta**2 * self.count * n / total
+        self.m2 += float(sums[2] - n * mean**2) + delta**2 * self.count * n / total
         self.mean += delta * n / total
         self.count = total
 
@@ -52,7 +61,13 @@ class RewardMix:
         self.moments = RunningMoments()
 
     def score(
-        self, rollout: Rollout, prompts: list[str], completions: list[str], eos_id: int, update: bool = True
+        self,
+        rollout: Rollout,
+        prompts: list[str],
+        completions: list[str],
+        eos_id: int,
+        update: bool = True,
+        weight: torch.Tensor | None = None,
     ) -> dict:
         """{'total': [B] tensor, <source name>: [B] raw scores} on the CPU. `update=False` leaves the running
         normalisation statistics alone (evaluation snapshots must not shift training's scale)."""
@@ -67,7 +82,7 @@ class RewardMix:
             total = total.clamp(-self.clip, self.clip)
         if self.normalize:
             if update:
-                self.moments.update(total)
+                self.moments.update(total, weight)
             total = (total - self.moments.mean) / (self.moments.std + 1e-8)
         return {"total": total, **parts}
 

@@ -18,6 +18,22 @@ from stages.rl.masking import response_mask
 
 
 @dataclass
+class SamplingNoise:
+    """Gumbel noise for row r of a global batch at token t, drawn from a generator seeded by (seed, step, t):
+    a row samples the same tokens whichever process holds it, so one process and several agree exactly."""
+
+    seed: int
+    step: int
+    global_rows: int
+    rows: slice  # this process's rows of the global batch
+
+    def gumbel(self, t: int, vocab: int, device) -> Tensor:
+        generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self.step * 10_007 + t)
+        uniform = torch.rand(self.global_rows, vocab, generator=generator, device=device)[self.rows]
+        return -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
+
+
+@dataclass
 class Rollout:
     query_ids: Tensor  # [B, P] left-padded prompts
     query_mask: Tensor  # [B, P]
@@ -46,6 +62,7 @@ def sample(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     greedy: bool = False,
+    noise: SamplingNoise | None = None,
 ) -> Rollout:
     """Ancestral sampling of up to `max_new_tokens` per prompt, one forward pass per token over the cache."""
     batch = query_ids.shape[0]
@@ -59,6 +76,9 @@ def sample(
     for _ in range(max_new_tokens):
         if greedy:  # ReMax's baseline response
             token = output.logits[:, -1].argmax(-1)
+        elif noise is not None:  # Gumbel-max: the same distribution as multinomial sampling
+            logits = output.logits[:, -1].float() / temperature
+            token = (logits + noise.gumbel(len(tokens), logits.shape[-1], logits.device)).argmax(-1)
         else:
             probs = torch.softmax(output.logits[:, -1].float() / temperature, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(1)

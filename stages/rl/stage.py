@@ -20,10 +20,12 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import distributed
 from pipeline.config import LoraConfig, StageConfig, check_positive, input_field
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
+from pipeline.health import HealthMonitor
 from pipeline.log import log
 from pipeline.models import load_tokenizer, token_scores
 from reward_models.functions import load_reward_function
@@ -34,7 +36,7 @@ from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from stages.rl.models import build_policy, build_reference, build_value_model, reference_mode
 from stages.rl.rewards import build_reward_mix
-from stages.rl.rollout import Rollout, batched_response_logprobs, sample
+from stages.rl.rollout import Rollout, SamplingNoise, batched_response_logprobs, sample
 from stages.rl.snapshots import Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
 
@@ -48,7 +50,7 @@ class Config(StageConfig):
     reward_functions: dict[str, float] = field(default_factory=dict)  # module:function -> weight
     reward_clip: float | None = None  # clip the total score to [-c, c]
     normalize_rewards: bool = False  # divide scores by a running std after subtracting a running mean
-    value_init: Literal["reward_model", "policy"] = "reward_model"  # PPO's value head
+    value_init: Literal["reward_model", "policy"] | None = None  # PPO's value head; None: the RM if any
     prompts: str = ""  # {"prompt"} rows
     total_episodes: int = 1024  # sampled responses over the whole stage
     batch_size: int = 64  # prompts per rollout
@@ -62,7 +64,7 @@ class Config(StageConfig):
     temperature: float = 1.0
     stop_token: str | None = None  # None: the tokenizer's EOS
     kl_coef: float = 0.05  # 0 switches the KL term off
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None  # None: k1 as a reward penalty, k3 as a loss term
     kl_in_loss: bool | None = None  # None: in the loss for GRPO, a per-token reward penalty otherwise
     adaptive_kl: bool = False
     kl_target: float = 6.0
@@ -118,6 +120,16 @@ class Config(StageConfig):
             raise ConfigError("The RL stage needs 'prompts': a data source of {\"prompt\"} rows.")
         if not self.reward_model and not self.reward_functions:
             raise ConfigError("The RL stage needs a reward: set reward_model and/or reward_functions.")
+        if self.kl_estimator is None:
+            self.kl_estimator = "k3" if self.kl_is_loss else "k1"
+        if self.kl_is_loss and self.kl_estimator == "k1":
+            raise ConfigError(
+                "kl_estimator k1 cannot be a loss term: the log-ratio of sampled tokens has zero expected "
+                "gradient and can be negative, so minimising it drives the policy away from the reference. "
+                "Use k3 (or k2) with kl_in_loss, or put the KL in the reward (kl_in_loss: false)."
+            )
+        if self.value_init is None:
+            self.value_init = "reward_model" if self.reward_model else "policy"
         if self.algorithm == "ppo" and self.value_init == "reward_model" and not self.reward_model:
             raise ConfigError("value_init: reward_model needs a reward_model; set value_init: policy.")
 
@@ -223,20 +235,11 @@ def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snap
     )
 
 
-def run(ctx: StageContext) -> StageResult:
-    from accelerate import Accelerator
-
-    cfg: Config = ctx.config
-    accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
-    accelerator.init_trackers(ctx.name)
-    device = accelerator.device
-    prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
-
-    # 1. models: policy (+ reference), value model for PPO, frozen reward sources
-    tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
-    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
-    stop_ids = stop_token_ids(tokenizer, cfg.stop_token)
-    policy = build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code)
+def build_models(cfg: Config, ctx: StageContext, tokenizer, device):
+    """Policy (+ frozen reference, or none with LoRA), reward sources, and PPO's value model."""
+    policy = build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code).to(device)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
     reference = build_reference(policy)
     rm_path = ctx.inputs.get("reward_model")
     rewards = build_reward_mix(
@@ -259,17 +262,54 @@ def run(ctx: StageContext) -> StageResult:
             )
         value_model = build_value_model(
             rm_path if from_rm else ctx.inputs["policy"], from_rm, cfg.trust_remote_code
-        )
+        ).to(device)
         value_model.config.pad_token_id = tokenizer.pad_token_id
-    if reference is not None:
-        reference.to(device)
-    trained = [m for m in (policy, value_model) if m is not None]
-    optimizer = torch.optim.AdamW(
-        [p for m in trained for p in m.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5
-    )
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    if value_model is not None:
-        value_model = accelerator.prepare(value_model)
+    return policy, reference, rewards, value_model
+
+
+def local_prompts(batch: list[str], group_size: int) -> tuple[list[str], torch.Tensor, slice]:
+    """This process's prompts of the global batch (whole groups), their row weights, and their rows'
+    position in the global batch. A process left without prompts gets one placeholder group of weight 0,
+    so it still takes part in every collective."""
+    part = distributed.shard(len(batch))
+    mine = batch[part]
+    weight = 1.0 if mine else 0.0
+    rows = [p for p in (mine or batch[:1]) for _ in range(group_size)]
+    return rows, torch.full((len(rows),), weight), slice(part.start * group_size, part.stop * group_size)
+
+
+def global_row_stats(values: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, float]:
+    return {key: algorithms.global_mean(value.float().cpu(), weight) for key, value in values.items()}
+
+
+def unique_fraction(completions: list[str], weight: torch.Tensor) -> float:
+    mine = [c for c, w in zip(completions, weight.tolist()) if w > 0]
+    everyone = [mine]
+    if distributed.active():
+        everyone = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+    flat = [c for part in everyone for c in part]
+    return len(set(flat)) / max(len(flat), 1)
+
+
+def run(ctx: StageContext) -> StageResult:
+    from accelerate import Accelerator
+
+    cfg: Config = ctx.config
+    accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
+    accelerator.init_trackers(ctx.name)
+    device = accelerator.device
+    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, cfg.mixed_precision == "bf16")
+    prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
+
+    # 1. models (not wrapped in DDP: gradients are summed by hand, see update.py), optimizer, controllers
+    tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
+    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
+    stop_ids = stop_token_ids(tokenizer, cfg.stop_token)
+    policy, reference, rewards, value_model = build_models(cfg, ctx, tokenizer, device)
+    trained = {"policy": policy, **({"value_model": value_model} if value_model is not None else {})}
+    params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
     kl_ctl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -291,61 +331,61 @@ def run(ctx: StageContext) -> StageResult:
 
     # 2. resume from the newest verified checkpoint of an interrupted attempt, if any
     stream = PromptStream(prompts, ctx.seed)
-    generator = torch.Generator(device=device).manual_seed(ctx.seed)
-    saved = {"policy": accelerator.unwrap_model(policy)}
-    if value_model is not None:
-        saved["value_model"] = accelerator.unwrap_model(value_model)
     episodes_per_step = cfg.batch_size * cfg.group_size
     steps = max(1, cfg.total_episodes // episodes_per_step)
     history: list[dict] = []
     first_step, last_checkpoint = 1, None
     resume = checkpoint.resume_point(ctx.work_dir, ctx.name)
     if resume is not None:
-        state = checkpoint.load(resume, saved, optimizer, generator)
+        state = checkpoint.load(resume, trained, optimizer)
         first_step, history, last_checkpoint = state.step + 1, state.history, str(resume)
         kl_ctl.load_state_dict(state.kl_controller)
         stream.fast_forward(state.prompt_stream["batches"], cfg.batch_size)
         running.load_state_dict(state.extra["running_baseline"])
         rewards.moments.load_state_dict(state.extra["reward_moments"])
-
-    snapshots = make_snapshotter(cfg, ctx, tokenizer, rewards)
+    snapshots = make_snapshotter(cfg, ctx, tokenizer, rewards) if distributed.is_main() else None
     if resume is not None and snapshots is not None:
         snapshots.records = state.extra["snapshots"]
     pad = functools.partial(left_pad, pad_id=tokenizer.pad_token_id, device=device)
-    reference_context = functools.partial(reference_mode, accelerator.unwrap_model(policy), reference)
+    reference_context = functools.partial(reference_mode, policy, reference)
     if snapshots is not None and first_step == 1:
-        snapshots.take(0, 0, accelerator.unwrap_model(policy).eval(), reference_context, pad)
+        snapshots.take(0, 0, policy.eval(), reference_context, pad)
 
+    health = HealthMonitor()
+    health.check(history)  # after a resume: do not repeat warnings already given
     started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
     progress = tqdm(
         range(first_step, steps + 1),
         desc=ctx.name,
         initial=first_step - 1,
         total=steps,
-        disable=not accelerator.is_main_process,
+        disable=not distributed.is_main(),
     )
     for step in progress:
-        # 3. rollout: group_size samples of each prompt, consecutive rows forming a group
-        batch_prompts = [p for p in stream.next_batch(cfg.batch_size) for _ in range(cfg.group_size)]
-        query_ids, query_mask = left_pad(
-            [prompt_ids[p] for p in batch_prompts], tokenizer.pad_token_id, device
+        # 3. rollout: this process's prompts, group_size samples each (groups never split across processes)
+        batch_prompts, row_weight, rows = local_prompts(stream.next_batch(cfg.batch_size), cfg.group_size)
+        query_ids, query_mask = pad([prompt_ids[p] for p in batch_prompts])
+        first_row = rows.start if row_weight.sum() > 0 else 0  # a placeholder group's samples are never used
+        noise = SamplingNoise(
+            ctx.seed, step, episodes_per_step, slice(first_row, first_row + len(batch_prompts))
         )
-        unwrapped = accelerator.unwrap_model(policy).eval()
-        rollout = sample(
-            unwrapped,
-            query_ids,
-            query_mask,
-            cfg.max_new_tokens,
-            cfg.temperature,
-            stop_ids,
-            tokenizer.pad_token_id,
-            generator,
-        )
-        crash_point("ppo.rollout", step)
-        mask = rollout.response_mask
-        with torch.no_grad():
-            old_logprobs = batched_response_logprobs(unwrapped, rollout, cfg.temperature, episodes_per_step)
-            with reference_mode(unwrapped, reference) as ref_model:
+        policy.eval()
+        with torch.no_grad(), autocast():
+            rollout = sample(
+                policy,
+                query_ids,
+                query_mask,
+                cfg.max_new_tokens,
+                cfg.temperature,
+                stop_ids,
+                tokenizer.pad_token_id,
+                noise=noise,
+            )
+            crash_point("ppo.rollout", step)
+            rollout.response_mask = rollout.response_mask * row_weight.to(device)[:, None]
+            mask = rollout.response_mask
+            old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
+            with reference_mode(policy, reference) as ref_model:
                 ref_logprobs = batched_response_logprobs(
                     ref_model, rollout, cfg.temperature, episodes_per_step
                 )
@@ -353,33 +393,40 @@ def run(ctx: StageContext) -> StageResult:
 
         # 4. score: every reward source, then the penalty for responses that never stop
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        scored = rewards.score(rollout, batch_prompts, completions, tokenizer.eos_token_id)
+        scored = rewards.score(rollout, batch_prompts, completions, tokenizer.eos_token_id, weight=row_weight)
         scores = scored["total"].to(device)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(rollout.ended, scores, scores - cfg.missing_eos_penalty)
-        if not torch.isfinite(scores).all():
+        if (
+            not distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all())))
+            == distributed.world_size()
+        ):
             raise UserError(
                 f"Stage '{ctx.name}': a reward is NaN/inf at RL step {step}; stopped before updating "
                 f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
             )
         greedy_scores = None
         if cfg.algorithm == "reinforce" and cfg.baseline == "greedy":
-            greedy = sample(
-                unwrapped,
-                query_ids,
-                query_mask,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                stop_ids,
-                tokenizer.pad_token_id,
-                greedy=True,
-            )
+            with torch.no_grad(), autocast():
+                greedy = sample(
+                    policy,
+                    query_ids,
+                    query_mask,
+                    cfg.max_new_tokens,
+                    cfg.temperature,
+                    stop_ids,
+                    tokenizer.pad_token_id,
+                    greedy=True,
+                )
             greedy_text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-            greedy_scores = rewards.score(greedy, batch_prompts, greedy_text, tokenizer.eos_token_id)["total"]
+            greedy_scores = rewards.score(
+                greedy, batch_prompts, greedy_text, tokenizer.eos_token_id, update=False
+            )["total"].to(device)
 
         # 5. advantages: the KL to the reference as a per-token penalty, or (kl_in_loss) a loss term
         kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
         kl_coef = kl_ctl.value  # the coefficient that shapes this step
+        weight = row_weight.to(device)
         result = algorithms.compute(
             cfg.algorithm,
             scores,
@@ -387,6 +434,7 @@ def run(ctx: StageContext) -> StageResult:
             0.0 if cfg.kl_is_loss else kl_coef,
             mask,
             rollout.last_index,
+            weight,
             values=old_values,
             gamma=cfg.gamma,
             lam=cfg.lam,
@@ -396,66 +444,83 @@ def run(ctx: StageContext) -> StageResult:
             whiten_rewards=cfg.whiten_rewards,
             baseline=cfg.baseline,
             running=running,
-            greedy_scores=None if greedy_scores is None else greedy_scores.to(device),
+            greedy_scores=greedy_scores,
         )
 
-        # 6. clipped updates
+        # 6. clipped updates over minibatches of the global batch
         policy.train()
         settings.kl_loss_coef = kl_coef if cfg.kl_is_loss else 0.0
         batch = UpdateBatch(
             rollout, old_logprobs, ref_logprobs, result.advantages, old_values, result.returns
         )
-        stats = update(
-            settings, accelerator, policy, value_model, optimizer, batch, step, ctx.name, last_checkpoint
+        local = rows if row_weight.sum() > 0 else slice(0, 0)
+        with autocast():
+            stats = update(
+                settings,
+                policy,
+                value_model,
+                optimizer,
+                batch,
+                step,
+                ctx.name,
+                last_checkpoint,
+                ctx.seed,
+                local,
+                episodes_per_step,
+            )
+        means = global_row_stats(
+            {
+                "reward": scores,
+                "kl": kl.sum(1),
+                "response_length": mask.sum(1),
+                "ended_fraction": rollout.ended.float(),
+                **{f"reward/{k}": v for k, v in scored.items() if k != "total"},
+            },
+            row_weight,
         )
-        mean_kl = kl.sum(1).mean().item()
-        kl_ctl.update(mean_kl, episodes_per_step)
+        kl_ctl.update(means["kl"], episodes_per_step)
 
-        # 7. log and checkpoint
+        # 7. log and checkpoint (the main process writes; the others wait)
         row = {
             "step": step,
             "episodes": step * episodes_per_step,
-            "reward": scores.mean().item(),
-            "kl": mean_kl,
+            **means,
             "kl_coef": kl_coef,
-            "response_length": mask.sum(1).mean().item(),
-            "ended_fraction": rollout.ended.float().mean().item(),
             "elapsed_s": time.time() - started,
-            "unique_fraction": len(set(completions)) / len(completions),
-            **{f"reward/{k}": v.mean().item() for k, v in scored.items() if k != "total"},
+            "unique_fraction": unique_fraction(completions, row_weight),
             **stats,
         }
         history.append(row)
         accelerator.log(row, step=step)
+        for warning in health.check(history):  # each warning once, with the step it began
+            log(f"[{ctx.name}] warning: {warning.message}")
         if step % cfg.log_every == 0:
             progress.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
         if snapshots is not None and (step % cfg.eval_every == 0 or step == steps):
-            snap = snapshots.take(
-                step,
-                step * episodes_per_step,
-                accelerator.unwrap_model(policy).eval(),
-                reference_context,
-                pad,
-            )
+            snap = snapshots.take(step, step * episodes_per_step, policy.eval(), reference_context, pad)
             accelerator.log({f"eval/{k}": v for k, v in snap["rewards"].items()}, step=step)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
             folder = checkpoint.checkpoint_folder(ctx.work_dir, step)
-            extra = {
-                "running_baseline": running.state_dict(),
-                "reward_moments": rewards.moments.state_dict(),
-                "snapshots": snapshots.records if snapshots is not None else [],
-            }
-            state = checkpoint.TrainingState(
-                step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
-            )
-            checkpoint.save(folder, state, saved, optimizer, generator)
-            checkpoint.keep_newest(ctx.work_dir, cfg.keep_checkpoints)
+            if distributed.is_main():
+                extra = {
+                    "running_baseline": running.state_dict(),
+                    "reward_moments": rewards.moments.state_dict(),
+                    "snapshots": snapshots.records if snapshots is not None else [],
+                }
+                state = checkpoint.TrainingState(
+                    step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
+                )
+                checkpoint.save(folder, state, trained, optimizer)
+                checkpoint.keep_newest(ctx.work_dir, cfg.keep_checkpoints)
             last_checkpoint = str(folder)
+            distributed.barrier()
 
     # 8. save the policy (LoRA merged; the adapter kept beside it)
-    save_with_adapter(accelerator.unwrap_model(policy), tokenizer, ctx.out_dir)
-    if snapshots is not None:
-        (ctx.out_dir / "snapshots.json").write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
+    if distributed.is_main():
+        save_with_adapter(policy, tokenizer, ctx.out_dir)
+        if snapshots is not None:
+            (ctx.out_dir / "snapshots.json").write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
+    distributed.barrier()
     accelerator.end_training()
     window = max(1, len(history) // 4)
     elapsed = history[-1]["elapsed_s"]

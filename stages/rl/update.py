@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline import distributed
 from pipeline.errors import UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
@@ -44,9 +45,17 @@ class NonFiniteLoss(UserError):
     pass
 
 
+def minibatches(global_rows: int, size: int, seed: int, step: int, epoch: int, local: slice) -> list[Tensor]:
+    """A seeded permutation of the global batch cut into minibatches; each process keeps the indices (into its
+    own rows) of the ones it holds, possibly none."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 10_007 + epoch)
+    order = torch.randperm(global_rows, generator=generator)
+    held = [chunk[(chunk >= local.start) & (chunk < local.stop)] - local.start for chunk in order.split(size)]
+    return held
+
+
 def update(
     settings: UpdateSettings,
-    accelerator,
     policy,
     value_model,
     optimizer,
@@ -54,35 +63,39 @@ def update(
     step: int,
     stage: str,
     last_checkpoint: str | None,
+    seed: int,
+    local: slice,
+    global_rows: int,
 ) -> dict[str, float]:
+    """Each minibatch's loss is a mean over the tokens of the *global* minibatch: every process sums its own
+    tokens' terms divided by the global token count, and gradients are summed over processes, so one process
+    and several take the same step."""
     rollout, mask = batch.rollout, batch.rollout.response_mask
     ids, seq_mask, width = rollout.sequence_ids, rollout.sequence_mask, rollout.query_ids.shape[1]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = {}
     count = 0
-    for _ in range(settings.epochs):
-        for part in torch.randperm(ids.shape[0]).split(settings.minibatch_size):
-            logits = response_logits(policy, ids[part], seq_mask[part], width)
-            logprobs = token_logprobs(logits, rollout.response_ids[part], settings.temperature)
-            pg = clipped_policy_loss(
-                logprobs, batch.old_logprobs[part], batch.advantages[part], mask[part], settings.clip_range
-            )
-            loss, stats = (
-                pg.loss,
-                {"policy_loss": pg.loss, "clip_fraction": pg.clip_fraction, "approx_kl": pg.approx_kl},
-            )
-            if value_model is not None:
-                values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1].float()
-                vf = clipped_value_loss(
-                    values, batch.old_values[part], batch.returns[part], mask[part], settings.value_clip_range
+    for epoch in range(settings.epochs):
+        for part in minibatches(global_rows, settings.minibatch_size, seed, step, epoch, local):
+            optimizer.zero_grad(set_to_none=True)
+            local_tokens = mask[part].sum()
+            global_tokens = distributed.all_sum(local_tokens.double()).clamp(min=1)
+            share = float(local_tokens / global_tokens)  # this process's part of the minibatch's mean
+            stats: dict[str, Tensor] = {}
+            loss = torch.zeros((), device=mask.device)
+            if len(part) > 0 and local_tokens > 0:
+                loss, stats, logits = minibatch_loss(
+                    settings, policy, value_model, batch, part, ids, seq_mask, width
                 )
-                loss = loss + settings.vf_coef * vf.loss
-                stats.update(value_loss=vf.loss, value_clip_fraction=vf.clip_fraction)
-            if settings.kl_loss_coef > 0:
-                kl = kl_loss_term(logprobs, batch.ref_logprobs[part], mask[part], settings.kl_estimator)
-                loss = loss + settings.kl_loss_coef * kl
-                stats["kl_loss"] = kl
-            if not torch.isfinite(loss):
+                with torch.no_grad():
+                    stats["entropy"] = masked_mean(
+                        entropy_from_logits(logits.float() / settings.temperature), mask[part]
+                    )
+            finite = (
+                distributed.all_sum(torch.tensor(float(torch.isfinite(loss)))).item()
+                == distributed.world_size()
+            )
+            if not finite:
                 if not settings.skip_nonfinite:
                     where = (
                         f"the last good checkpoint is {last_checkpoint}"
@@ -96,16 +109,52 @@ def update(
                     )
                 log(f"[{stage}] step {step}: non-finite loss, minibatch skipped")
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+            if len(part) > 0 and local_tokens > 0:
+                (loss * share).backward()
+            distributed.sync_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             crash_point("ppo.update", step)
-            with torch.no_grad():
-                stats["entropy"] = masked_mean(
-                    entropy_from_logits(logits.float() / settings.temperature), mask[part]
-                )
             for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach())
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) * share
             count += 1
-    return {key: value / max(count, 1) for key, value in totals.items()}
+    # every process adds its token share of each minibatch mean: the sum over processes is the global mean.
+    # The keys are fixed, not taken from `totals`: a process without rows has none, and collectives of
+    # different sizes would leave both processes waiting forever.
+    keys = ["approx_kl", "clip_fraction", "entropy", "policy_loss"]
+    keys += ["value_clip_fraction", "value_loss"] if value_model is not None else []
+    keys += ["kl_loss"] if settings.kl_loss_coef > 0 else []
+    summed = distributed.all_sum(torch.tensor([totals.get(k, 0.0) for k in keys], dtype=torch.float64))
+    return {key: float(value) / max(count, 1) for key, value in zip(keys, summed)}
+
+
+def minibatch_loss(
+    settings: UpdateSettings,
+    policy,
+    value_model,
+    batch: UpdateBatch,
+    part: Tensor,
+    ids: Tensor,
+    seq_mask: Tensor,
+    width: int,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    rollout, mask = batch.rollout, batch.rollout.response_mask
+    logits = response_logits(policy, ids[part], seq_mask[part], width)
+    logprobs = token_logprobs(logits, rollout.response_ids[part], settings.temperature)
+    pg = clipped_policy_loss(
+        logprobs, batch.old_logprobs[part], batch.advantages[part], mask[part], settings.clip_range
+    )
+    loss = pg.loss
+    stats = {"policy_loss": pg.loss, "clip_fraction": pg.clip_fraction, "approx_kl": pg.approx_kl}
+    if value_model is not None:
+        values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1].float()
+        vf = clipped_value_loss(
+            values, batch.old_values[part], batch.returns[part], mask[part], settings.value_clip_range
+        )
+        loss = loss + settings.vf_coef * vf.loss
+        stats.update(value_loss=vf.loss, value_clip_fraction=vf.clip_fraction)
+    if settings.kl_loss_coef > 0:
+        kl = kl_loss_term(logprobs, batch.ref_logprobs[part], mask[part], settings.kl_estimator)
+        loss = loss + settings.kl_loss_coef * kl
+        stats["kl_loss"] = kl
+    return loss, stats, logits

@@ -1,0 +1,73 @@
+"""Multi-process helpers (torchrun / accelerate launch): who writes, waiting for each other, global sums.
+
+Every helper is a no-op in a single process, so the same code runs either way.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup() -> None:
+    """Make Accelerate and the Trainer see a multi-process CPU launch as one (they only do when asked for
+    the CPU), and start the process group early so the runner can synchronise around stages."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if world_size() > 1 and not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def active() -> bool:
+    return world_size() > 1 and dist.is_initialized()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (a copy; float64 on the CPU for gloo, exact enough for counts and statistics)."""
+    if not active():
+        return tensor
+    out = tensor.detach().to("cpu" if dist.get_backend() == "gloo" else tensor.device, torch.float64).clone()
+    dist.all_reduce(out)
+    return out.to(tensor.device, tensor.dtype)
+
+
+def shard(n: int) -> slice:
+    """This process's contiguous part of n items (earlier ranks get one more when n does not divide)."""
+    size, extra = divmod(n, world_size())
+    start = rank() * size + min(rank(), extra)
+    return slice(start, start + size + (rank() < extra))
+
+
+def sync_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum gradients over processes in one flat all-reduce. A process without rows contributes zeros, so it
+    takes part in every collective and nobody waits forever."""
+    if not active():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g)
+        offset += g.numel()

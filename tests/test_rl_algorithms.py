@@ -1,0 +1,181 @@
+"""The RL family on one engine: each algorithm trains end to end and raises its reward; bad reward functions
+stop the run naming themselves; a reward model with its own tokenizer scores the decoded text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.runner import run_standalone
+
+
+def rl_block(tiny_run, **overrides) -> dict:
+    block = {
+        "kind": "rl",
+        "policy": str(tiny_run / "sft"),
+        "reward_model": None,
+        "reward_functions": {"reward_models.gold:reviews_gold": 1.0},
+        "prompts": "demo:reviews/prompts",
+        "total_episodes": 256,
+        "batch_size": 32,
+        "minibatch_size": 16,
+        "ppo_epochs": 2,
+        "lr": 2e-3,
+        "max_new_tokens": 10,
+        "kl_coef": 0.02,
+    }
+    return {**block, **overrides}
+
+
+def run_rl(block: dict, out) -> dict:
+    run_standalone(load_config(None, data={"stages": {"rl": block}}), "rl", None, out)
+    return json.loads((out / "rlhf_stage.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"algorithm": "grpo", "batch_size": 8, "group_size": 4},  # KL in the loss (k3), group-normalised
+        {"algorithm": "rloo", "batch_size": 8, "group_size": 4},  # leave-one-out baseline
+        {"algorithm": "reinforce", "baseline": "running"},
+        {"algorithm": "reinforce", "baseline": "greedy"},  # ReMax
+        {
+            "algorithm": "ppo",
+            "value_init": "policy",
+            "kl_estimator": "k2",
+            "adaptive_kl": True,
+            "kl_target": 1.0,
+        },
+    ],
+    ids=["grpo", "rloo", "reinforce-running", "reinforce-greedy", "ppo-adaptive-kl"],
+)
+def test_each_algorithm_raises_its_reward(tiny_run, tmp_path, overrides):
+    metrics = run_rl(rl_block(tiny_run, **overrides), tmp_path / "rl")
+    # gold sentiment of an SFT policy trained on mixed reviews starts near 0 and is easy to push up
+    assert metrics["reward_last"] > metrics["reward_first"] + 0.3, metrics
+    history = json.loads((tmp_path / "rl" / "history.json").read_text())
+    assert history[0]["kl"] == 0.0
+    assert ("kl_loss" in history[0]) == (overrides["algorithm"] == "grpo")
+    assert ("value_loss" in history[0]) == (overrides["algorithm"] == "ppo")
+
+
+def test_the_kl_term_can_be_switched_off(tiny_run, tmp_path):
+    block = rl_block(tiny_run, algorithm="rloo", batch_size=8, group_size=4, kl_coef=0.0, total_episodes=64)
+    run_rl(block, tmp_path / "rl")
+    history = json.loads((tmp_path / "rl" / "history.json").read_text())
+    assert all(row["kl_coef"] == 0.0 for row in history) and history[-1]["kl"] > 0  # measured, not penalised
+
+
+def reward_raises(prompts, completions, **kwargs):
+    raise RuntimeError("the scoring service is down")
+
+
+def reward_wrong_length(prompts, completions, **kwargs):
+    return [1.0] * (len(completions) - 1)
+
+
+def reward_nan(prompts, completions, **kwargs):
+    return [float("nan")] * len(completions)
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("reward_raises", "raised RuntimeError: the scoring service is down"),
+        ("reward_wrong_length", "returned 31 values for 32 completions"),
+        ("reward_nan", "returned a non-finite or non-numeric value at index 0"),
+    ],
+)
+def test_a_bad_reward_function_stops_the_run_naming_it(tiny_run, tmp_path, name, expected):
+    spec = f"{__name__}:{name}"
+    block = rl_block(tiny_run, reward_functions={spec: 1.0}, total_episodes=32)
+    with pytest.raises(UserError) as info:
+        run_rl(block, tmp_path / "rl")
+    assert f"Reward function '{spec}'" in str(info.value) and expected in str(info.value)
+    assert not (tmp_path / "rl").exists()
+
+
+def test_a_reward_model_with_a_different_tokenizer_scores_the_decoded_text(tiny_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from pipeline.demo_data import generate_split
+    from pipeline.models import save_pretrained, train_bpe_tokenizer
+    from reward_models.learned import LearnedRewardModel
+    from stages.rl.rewards import build_reward_mix
+    from stages.rl.rollout import sample
+    from stages.rl.stage import left_pad
+
+    texts = [r["text"] for r in generate_split("reviews", "corpus")[:400]]
+    other = train_bpe_tokenizer(texts, vocab_size=290)  # a different vocabulary from the policy's
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(other),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=other.pad_token_id,
+    )
+    save_pretrained(AutoModelForSequenceClassification.from_config(config), other, tmp_path / "rm")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy_tokenizer = AutoTokenizer.from_pretrained(tiny_run / "sft")
+    mix = build_reward_mix(str(tmp_path / "rm"), 1.0, {}, policy_tokenizer, "cpu", None, False)
+    assert not mix.sources[0].same_tokenizer
+    prompts = ["review of the blender :", "thoughts on the old kettle :"]
+    ids, mask = left_pad(
+        policy_tokenizer(prompts, add_special_tokens=False)["input_ids"], policy_tokenizer.pad_token_id, "cpu"
+    )
+    rollout = sample(
+        AutoModelForCausalLM.from_pretrained(tiny_run / "sft"),
+        ids,
+        mask,
+        8,
+        1.0,
+        [policy_tokenizer.eos_token_id],
+        policy_tokenizer.pad_token_id,
+        torch.Generator().manual_seed(0),
+    )
+    completions = policy_tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+    scored = mix.score(rollout, prompts, completions, policy_tokenizer.eos_token_id)
+    expected = LearnedRewardModel.load(str(tmp_path / "rm")).score_texts(prompts, completions)
+    assert torch.allclose(scored["reward_model"], expected)
+
+    # and the RL stage trains against it (the value head must then start from the policy)
+    block = rl_block(
+        tiny_run,
+        reward_model=str(tmp_path / "rm"),
+        reward_functions={},
+        total_episodes=32,
+        value_init="policy",
+    )
+    assert run_rl(block, tmp_path / "rl")["steps"] == 1.0
+    with pytest.raises(UserError, match="set value_init: policy"):
+        run_rl({**block, "value_init": "reward_model"}, tmp_path / "rl2")
+
+
+def test_k1_is_refused_as_a_kl_loss_term_and_k3_is_the_default_there():
+    from pipeline.errors import ConfigError
+
+    base = {
+        "kind": "rl",
+        "policy": "a/b",
+        "reward_model": "c/d",
+        "prompts": "demo:reviews/prompts",
+        "algorithm": "grpo",
+        "group_size": 4,
+    }
+    assert load_config(None, data={"stages": {"rl": base}}).stages["rl"].kl_estimator == "k3"
+    assert (
+        load_config(None, data={"stages": {"rl": {**base, "algorithm": "rloo"}}}).stages["rl"].kl_estimator
+        == "k1"
+    )
+    with pytest.raises(ConfigError, match="k1 cannot be a loss term"):
+        load_config(None, data={"stages": {"rl": {**base, "kl_estimator": "k1"}}})
