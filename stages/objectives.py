@@ -1,5 +1,5 @@
 """The pretraining objectives' data math as small functions: BERT masking, next-sentence pairs and T5 span
-corruption, plus the batch collators that apply them. The functions take ids and an RNG and return ids."""
+corruption, plus the example builder and batch collators that apply them to tokenized text."""
 
 from __future__ import annotations
 
@@ -138,6 +138,36 @@ def next_sentence_pairs(
             else:
                 pairs.append((first, second, 0))
     return pairs
+
+
+def mlm_examples(texts: list[str], tokenizer, max_length: int, nsp: bool, rng: random.Random) -> list[dict]:
+    """Tokenized rows for the MaskingCollator: one per document ([CLS] text [SEP]), or with `nsp` one per
+    pair of adjacent sentences ([CLS] A [SEP] B [SEP], B a random sentence half of the time, with its
+    `next_sentence_label`); at most `max_length` tokens, with special-token masks and word ids."""
+    pairs = None
+    if nsp:
+        pairs = next_sentence_pairs([split_sentences(t) for t in texts], rng)
+        first, second = [a for a, _, _ in pairs], [b for _, b, _ in pairs]
+    else:
+        first, second = texts, None
+    if not first:
+        return []
+    encoded = tokenizer(
+        first,
+        second,
+        truncation=True,
+        max_length=max_length,
+        return_special_tokens_mask=True,
+        return_token_type_ids=nsp,
+    )
+    rows = []
+    for i in range(len(first)):
+        row = {key: encoded[key][i] for key in encoded.keys() if key != "attention_mask"}
+        row["word_ids"] = distinct_word_ids(encoded.word_ids(i), encoded.sequence_ids(i))
+        if pairs:
+            row["next_sentence_label"] = pairs[i][2]
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------- span corruption (Raffel et al. 2020, 3.1.4)

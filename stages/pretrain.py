@@ -35,11 +35,9 @@ from stages.objectives import (
     MaskingConfig,
     SpanCorruptionCollator,
     argmax_logits,
-    distinct_word_ids,
+    mlm_examples,
     mlm_metrics,
-    next_sentence_pairs,
     noise_counts,
-    split_sentences,
 )
 
 FAMILIES = {"clm": ("llama", "gpt2", "qwen2"), "mlm": ("bert",), "seq2seq": ("t5",)}
@@ -138,41 +136,14 @@ def masked_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts
     return Objective(
         model,
         tokenizer,
-        mlm_examples(train_texts, tokenizer, cfg, random.Random(ctx.seed)),
-        held_out.mask_once(mlm_examples(eval_texts, tokenizer, cfg, random.Random(ctx.seed + 1))),
+        mlm_examples(train_texts, tokenizer, cfg.block_size, cfg.nsp, random.Random(ctx.seed)),
+        held_out.mask_once(
+            mlm_examples(eval_texts, tokenizer, cfg.block_size, cfg.nsp, random.Random(ctx.seed + 1))
+        ),
         MaskingCollator(tokenizer, cfg.masking, ctx.seed),  # masks every training batch afresh
         mlm_metrics,
         keep_columns=True,
     )
-
-
-def mlm_examples(texts: list[str], tokenizer, cfg: Config, rng: random.Random) -> list[dict]:
-    """One example per document ([CLS] text [SEP]), or with nsp one per pair of adjacent sentences
-    ([CLS] A [SEP] B [SEP], B replaced by a random sentence half of the time); at most block_size tokens."""
-    pairs = None
-    if cfg.nsp:
-        pairs = next_sentence_pairs([split_sentences(t) for t in texts], rng)
-        first, second = [a for a, _, _ in pairs], [b for _, b, _ in pairs]
-    else:
-        first, second = texts, None
-    if not first:
-        return []
-    encoded = tokenizer(
-        first,
-        second,
-        truncation=True,
-        max_length=cfg.block_size,
-        return_special_tokens_mask=True,
-        return_token_type_ids=cfg.nsp,
-    )
-    rows = []
-    for i in range(len(first)):
-        row = {key: encoded[key][i] for key in encoded.keys() if key != "attention_mask"}
-        row["word_ids"] = distinct_word_ids(encoded.word_ids(i), encoded.sequence_ids(i))
-        if pairs:
-            row["next_sentence_label"] = pairs[i][2]
-        rows.append(row)
-    return rows
 
 
 def span_corruption_lm(

@@ -144,6 +144,7 @@ def assert_close(a, b, path="metrics"):
         assert a == pytest.approx(b, rel=TOLERANCE, abs=TOLERANCE), path
 
 
+KNOWN_GAP = 0.05  # the Trainer stages' drift between 1 and 2 processes (~1% seen) stays well inside this
 TRAINER_GAP = pytest.mark.xfail(
     strict=True,
     reason="known gap: the Trainer stages train correctly on 2 processes (see the test below) but their loss "
@@ -154,19 +155,19 @@ TRAINER_GAP = pytest.mark.xfail(
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "reward"])
 def test_trainer_stages_run_on_two_processes(stage, tiny_run, tmp_path):
-    """One writer, a published folder that loads, and the held-out metric moved as on one process."""
+    """One writer, a published folder that loads, and a held-out metric within the known gap of 1 process."""
     from transformers import AutoConfig
 
     config = {"name": "ddp", "seed": 5, "threads": 1, "stages": {stage: stage_blocks(tiny_run)[stage]}}
-    double = run(config, tmp_path / "two", 2)
+    single, double = run(config, tmp_path / "one", 1), run(config, tmp_path / "two", 2)
     assert double.returncode == 0, double.stderr[-3000:]
-    metrics, _ = outcome(tmp_path / "two", stage)
+    assert single.returncode == 0, single.stderr[-3000:]
     assert AutoConfig.from_pretrained(tmp_path / "two" / stage).model_type == "llama"
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["stages"][stage]["status"] == "finished"
-    before = "eval_accuracy_before" if stage == "reward" else "eval_loss_before"
-    after = before.replace("_before", "")
-    assert (metrics[after] > metrics[before]) if stage == "reward" else (metrics[after] < metrics[before])
+    metric = "eval_accuracy" if stage == "reward" else "eval_loss"
+    ones, twos = outcome(tmp_path / "one", stage)[0], outcome(tmp_path / "two", stage)[0]
+    assert twos[metric] == pytest.approx(ones[metric], rel=KNOWN_GAP)
 
 
 @pytest.mark.parametrize(
