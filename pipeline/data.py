@@ -205,3 +205,10 @@ def train_and_eval(
     if eval_source:
         return rows, load_rows(eval_source, columns, f"{what} (eval)")
     return split_rows(rows, fraction, seed)
+
+
+def check_sources(source: str, eval_source: str | None, columns: Sequence[str], what: str) -> None:
+    """Validate a stage's data (and its eval data) up front, before any stage of the run trains."""
+    load_rows(source, columns, what)
+    if eval_source:
+        load_rows(eval_source, columns, f"{what} (eval)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.config import LoraConfig, TrainingConfig, check_positive, input_field
-from pipeline.data import PREFERENCE, load_rows, train_and_eval
+from pipeline.data import PREFERENCE, check_sources, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
@@ -107,10 +107,8 @@ def preference_accuracy(margins: torch.Tensor) -> float:
 
 
 def check(cfg: Config) -> None:
-    """Validate the preference data up front, before any stage of the run trains."""
-    load_rows(cfg.data, PREFERENCE, "preference data")
-    if cfg.eval_data:
-        load_rows(cfg.eval_data, PREFERENCE, "preference data (eval)")
+    """Validate the data up front, before any stage of the run trains."""
+    check_sources(cfg.data, cfg.eval_data, PREFERENCE, "preference data")
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import ModelConfig, TrainingConfig, input_field
 from pipeline.config_schema import InvalidValue
-from pipeline.data import TEXT, load_rows, train_and_eval
+from pipeline.data import TEXT, check_sources, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.log import log
 from pipeline.models import (
@@ -83,9 +83,7 @@ class Objective:
 
 def check(cfg: Config) -> None:
     """Validate the data up front, before any stage of the run trains."""
-    load_rows(cfg.data, TEXT, "pretraining data")
-    if cfg.eval_data:
-        load_rows(cfg.eval_data, TEXT, "pretraining data (eval)")
+    check_sources(cfg.data, cfg.eval_data, TEXT, "pretraining data")
 
 
 def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[int]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.config import LoraConfig, TrainingConfig, input_field
-from pipeline.data import PREFERENCE, load_rows, train_and_eval
+from pipeline.data import PREFERENCE, check_sources, train_and_eval
 from pipeline.models import load_model, load_tokenizer
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
@@ -36,9 +36,7 @@ def pairwise_accuracy(scorer: LearnedRewardModel, rows: list[dict]) -> float:
 
 def check(cfg: Config) -> None:
     """Validate the data up front, before any stage of the run trains."""
-    load_rows(cfg.data, PREFERENCE, "preference data")
-    if cfg.eval_data:
-        load_rows(cfg.eval_data, PREFERENCE, "preference data (eval)")
+    check_sources(cfg.data, cfg.eval_data, PREFERENCE, "preference data")
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.config import LoraConfig, TrainingConfig, input_field
-from pipeline.data import PROMPT_COMPLETION, load_rows, train_and_eval
+from pipeline.data import PROMPT_COMPLETION, check_sources, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
@@ -34,9 +34,7 @@ class Config(TrainingConfig):
 
 def check(cfg: Config) -> None:
     """Validate the data up front, before any stage of the run trains."""
-    load_rows(cfg.data, PROMPT_COMPLETION, "SFT data")
-    if cfg.eval_data:
-        load_rows(cfg.eval_data, PROMPT_COMPLETION, "SFT data (eval)")
+    check_sources(cfg.data, cfg.eval_data, PROMPT_COMPLETION, "SFT data")
 
 
 def run(ctx: StageContext) -> StageResult:
