@@ -8,6 +8,7 @@ spans) and "summary" ({"source","target"}: a review -> its aspects and their pol
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import zlib
@@ -277,22 +278,24 @@ def _arithmetic_filler(rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------- copy: a verifiable reward tiny models learn
-# Held-out digit strings test the rule itself (attend to the i-th digit), which a 2-layer model can learn,
-# unlike held-out sums, which would need arithmetic it cannot learn from a lookup table.
-_COPY_LENGTHS = (3, 4, 5)
+# Held-out digit strings test the rule itself (the answer's i-th digit is the one a fixed distance back),
+# which a 2-layer model learns, unlike held-out sums, which need arithmetic it cannot learn from a lookup
+# table. Strings of one length keep that distance fixed: with lengths 3 to 5 mixed, the 2-layer, 64-wide
+# demo model answered 0% of held-out strings after SFT, with length 3 alone about 15%.
+_COPY_LENGTH = 3
 
 
 def _copy_pool(held_out: bool) -> list[tuple[str, str]]:
-    """(prompt, digits) for a fixed sample of digit strings, split by a checksum into train and held-out."""
-    rng = random.Random("copy/pool")
-    strings = {
-        " ".join(str(rng.randint(0, 9)) for _ in range(rng.choice(_COPY_LENGTHS))) for _ in range(6000)
-    }
+    """(prompt, digits) for every _COPY_LENGTH-digit string, split by a checksum into train and held-out."""
     return [
         (f"q : copy {digits} = ?", digits)
-        for digits in sorted(strings)
-        if (zlib.crc32(digits.encode()) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) == held_out
+        for digits in (" ".join(t) for t in itertools.product("0123456789", repeat=_COPY_LENGTH))
+        if _copy_string_held_out(digits) == held_out
     ]
+
+
+def _copy_string_held_out(digits: str) -> bool:
+    return zlib.crc32(digits.encode()) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
 
 
 def _copy_completion(rng: random.Random, digits: str, flaw_rate: float) -> str:
@@ -314,7 +317,9 @@ def _copy_completion(rng: random.Random, digits: str, flaw_rate: float) -> str:
 
 
 def _copy_filler(rng: random.Random) -> str:
-    digits = " ".join(str(rng.randint(0, 9)) for _ in range(rng.choice(_COPY_LENGTHS)))
+    digits = " ".join(str(rng.randint(0, 9)) for _ in range(_COPY_LENGTH))
+    while _copy_string_held_out(digits):  # held-out strings appear in eval_prompts only
+        digits = " ".join(str(rng.randint(0, 9)) for _ in range(_COPY_LENGTH))
     return f"the digits {digits} again : {digits} ."
 
 

@@ -1,5 +1,5 @@
-"""Programmatic reward functions with TRL's signature: the "arithmetic" demo task's verifiable reward
-(also its gold scorer) and format check, plus two generic shaping terms. Name one in a config as
+"""Programmatic reward functions with TRL's signature: the "arithmetic" and "copy" demo tasks' verifiable
+rewards (also their gold scorers), a format check, and two generic shaping terms. Name one in a config as
 `reward_models.rules:NAME`."""
 
 from __future__ import annotations

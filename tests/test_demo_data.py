@@ -218,6 +218,26 @@ def test_arithmetic_eval_operand_pairs_never_in_training_or_corpus():
     assert not training & held_out
 
 
+def test_copy_held_out_strings_never_in_training_or_corpus():
+    """No held-out string is asked, or copied right, anywhere in training. (A wrong answer to a training
+    prompt may spell one by chance: it pairs it with another question, so it teaches nothing about it.)"""
+    splits = data("copy")
+    asked = re.compile(r"copy ([0-9] [0-9] [0-9]) = \?")
+    copied = re.compile(r"the digits ([0-9] [0-9] [0-9]) again")
+    held_out = {m for r in splits["eval_prompts"] for m in asked.findall(r["prompt"])}
+    training_text = [value for split in ("corpus", "sft", "prefs", "prompts") for r in splits[split]
+                     for value in r.values()]  # fmt: skip
+    seen = {m for text in training_text for pattern in (asked, copied) for m in pattern.findall(text)}
+    assert len(held_out) >= 100 and len(seen) > 500
+    assert not seen & held_out
+
+
+def test_copy_sft_answers_are_right_about_half_the_time():
+    sft = data("copy")["sft"]
+    rate = statistics.mean(copy_exact([r["prompt"] for r in sft], [r["completion"] for r in sft]))
+    assert 0.38 <= rate <= 0.52  # ARITHMETIC_CORRECT_RATE: room for RL against the verifiable reward
+
+
 def test_arithmetic_held_out_results_cover_every_residue():
     """The hold-out rule must not be a function of the result (as (left + right) % 4 would be)."""
     eval_results = [int(result) for _, result in demo_data._SPECS["arithmetic"].eval_pool]
