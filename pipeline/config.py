@@ -31,8 +31,11 @@ class ModelConfig:
     max_position_embeddings: int = 128
     tokenizer: str | None = None  # path or hub id; None trains a BPE tokenizer on the corpus
     vocab_size: int = 512  # of the trained tokenizer
+    dropout: float | None = None  # None: the family's default (bert, t5, gpt2: 0.1; llama, qwen2: 0.0)
 
     def __post_init__(self) -> None:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise InvalidValue("dropout", f"({self.dropout}) must be in [0, 1).")
         if self.hidden_size % self.num_heads:
             raise InvalidValue(
                 "hidden_size", f"({self.hidden_size}) must be divisible by num_heads ({self.num_heads})."

@@ -92,6 +92,11 @@ def sentinel_ids(tokenizer) -> list[int]:
     return ids
 
 
+def _dropout(cfg: ModelConfig, *keys: str) -> dict[str, float]:
+    """The family's own dropout keys set to `model.dropout`; none (the family's default) when it is unset."""
+    return {} if cfg.dropout is None else dict.fromkeys(keys, cfg.dropout)
+
+
 def build_causal_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
     """A randomly initialised causal LM of the family and size in `cfg`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
@@ -113,6 +118,7 @@ def build_causal_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
             n_inner=cfg.intermediate_size,
             n_positions=cfg.max_position_embeddings,
             **ids,
+            **_dropout(cfg, "resid_pdrop", "embd_pdrop", "attn_pdrop"),
         )
     else:
         family = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.family]
@@ -125,6 +131,7 @@ def build_causal_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
             intermediate_size=cfg.intermediate_size,
             max_position_embeddings=cfg.max_position_embeddings,
             **ids,
+            **_dropout(cfg, "attention_dropout"),
         )
     return AutoModelForCausalLM.from_config(config)
 
@@ -142,6 +149,7 @@ def bert_config(cfg: ModelConfig, tokenizer, **kwargs: Any):
         max_position_embeddings=cfg.max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **_dropout(cfg, "hidden_dropout_prob", "attention_probs_dropout_prob"),
         **kwargs,
     )
 
@@ -161,6 +169,7 @@ def t5_config(cfg: ModelConfig, tokenizer, **kwargs: Any):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,  # T5 starts decoding from the pad token
+        **_dropout(cfg, "dropout_rate"),
         **kwargs,
     )
 

@@ -15,8 +15,8 @@ from pipeline.config import LoraConfig, TrainingConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
-from pipeline.models import save_pretrained
 from stages.base import StageContext
+from stages.outputs import logs_dir
 
 
 def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
@@ -68,8 +68,35 @@ def tracker_setup(report_to: list[str], ctx: StageContext) -> list[str] | str:
     return list(report_to) or "none"
 
 
-def logs_dir(ctx: StageContext) -> Path:
-    return (ctx.run_dir or ctx.out_dir.parent) / "logs" / ctx.name
+def evaluate_before_training(trainer) -> dict[str, float]:
+    """`trainer.evaluate()` on the untrained model, leaving the Trainer able to train on many processes.
+
+    Evaluating first prepares the model in Accelerate's evaluation mode, which marks it
+    `_is_accelerate_prepared` without wrapping it in DistributedDataParallel; `train()` then sees the mark and
+    never wraps it, so every process trains alone on its shard and the processes' weights drift apart
+    (transformers 5.24 with accelerate 1.15). Undo that preparation; FSDP and DeepSpeed prepare the model for
+    real at evaluation time and are left as they are.
+    """
+    metrics = trainer.evaluate()
+    model = trainer.model
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and trainer.model_wrapped is model:
+        model._is_accelerate_prepared = False
+        if model in trainer.accelerator._models:
+            trainer.accelerator._models.remove(model)
+    return metrics
+
+
+def loss_from_model_alone(trainer) -> None:
+    """For models whose own loss is a mean that ignores `num_items_in_batch` (BERT heads, T5): keep the
+    Trainer from treating it as a sum over the global item count.
+
+    The Trainer decides from `**kwargs` in `forward` that the model divides its loss by the global number of
+    items, and multiplies the loss by the number of processes to undo DDP's averaging. These models return
+    a mean and drop the keyword, so on N processes their loss and gradients came out N times too large
+    (transformers 5.24). Without the flag each process's mean loss is averaged by DDP, which is the global
+    mean when every process has as many items (one label per example; T5 span corruption's fixed targets).
+    """
+    trainer.model_accepts_loss_kwargs = False
 
 
 def last_checkpoint(ctx: StageContext) -> str | None:
@@ -79,8 +106,9 @@ def last_checkpoint(ctx: StageContext) -> str | None:
 
 
 class ReliabilityCallback(TrainerCallback):
-    """Seals each checkpoint with an index, and stops (or skips the update) on non-finite gradients
-    before they reach the weights: a NaN never gets saved."""
+    """Seals each checkpoint with an index, stops (or skips the update) on non-finite gradients before they
+    reach the weights (a NaN never gets saved), and logs the last step so the reported train loss is the
+    mean over every process."""
 
     def __init__(self, stage: str, skip_nonfinite: bool):
         self.stage, self.skip_nonfinite, self.skipped = stage, skip_nonfinite, 0
@@ -97,6 +125,10 @@ class ReliabilityCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         crash_point("train.step", state.global_step)
+        # The Trainer gathers the loss across processes only when it logs; what is left since the last log
+        # enters `training_loss` from the main process alone.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
 
     def on_save(self, args, state, control, **kwargs):
         distributed.barrier()  # every process has written its part (e.g. its RNG state) before the seal
@@ -131,22 +163,3 @@ def peft_config(lora: LoraConfig, task_type: str):
         target_modules=lora.target_modules,
         task_type=task_type,
     )
-
-
-def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
-    """Save loadable weights. A peft model keeps its adapter in out_dir/adapter and merged weights at the top,
-    so the next stage (and its KL reference) starts from the fine-tuned policy, not the bare base."""
-    from peft import PeftModel
-
-    if not distributed.is_main():  # one writer; every process holds the same weights
-        return
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise UserError(
-            f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}) to {out_dir}."
-        )
-    if isinstance(model, PeftModel):
-        model.save_pretrained(out_dir / "adapter")
-        tokenizer.save_pretrained(out_dir / "adapter")
-        model = model.merge_and_unload()
-    save_pretrained(model, tokenizer, out_dir)

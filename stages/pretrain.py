@@ -29,7 +29,13 @@ from pipeline.models import (
     train_seq2seq_tokenizer,
 )
 from stages.base import StageContext, StageResult
-from stages.hf_trainer import ReliabilityCallback, last_checkpoint, trainer_arguments
+from stages.hf_trainer import (
+    ReliabilityCallback,
+    evaluate_before_training,
+    last_checkpoint,
+    loss_from_model_alone,
+    trainer_arguments,
+)
 from stages.objectives import (
     MaskingCollator,
     MaskingConfig,
@@ -211,9 +217,11 @@ def run(ctx: StageContext) -> StageResult:
         compute_metrics=objective.compute_metrics,
         preprocess_logits_for_metrics=argmax_logits if objective.compute_metrics else None,
     )
+    if cfg.objective != "clm":  # causal LMs divide by the global token count themselves
+        loss_from_model_alone(trainer)
     metrics: dict[str, float] = {}
     if objective.eval_rows:
-        metrics |= {f"{k}_before": v for k, v in held_out_metrics(trainer).items()}
+        metrics |= {f"{k}_before": v for k, v in held_out_metrics(trainer, before_training=True).items()}
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint(ctx))
     metrics["train_loss"] = train_output.training_loss
     if objective.eval_rows:
@@ -231,7 +239,8 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(metrics=metrics)
 
 
-def held_out_metrics(trainer) -> dict[str, float]:
+def held_out_metrics(trainer, before_training: bool = False) -> dict[str, float]:
     """eval_loss and the objective's eval_* metrics (the Trainer's timing entries left out)."""
     skip = ("runtime", "per_second", "preparation_time", "epoch")
-    return {k: v for k, v in trainer.evaluate().items() if not any(s in k for s in skip)}
+    results = evaluate_before_training(trainer) if before_training else trainer.evaluate()
+    return {k: v for k, v in results.items() if not any(s in k for s in skip)}

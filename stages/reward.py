@@ -13,9 +13,9 @@ from stages.hf_trainer import (
     ReliabilityCallback,
     last_checkpoint,
     peft_config,
-    save_with_adapter,
     trainer_arguments,
 )
+from stages.outputs import save_with_adapter
 
 
 @dataclass

@@ -12,11 +12,12 @@ from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
+    evaluate_before_training,
     last_checkpoint,
     peft_config,
-    save_with_adapter,
     trainer_arguments,
 )
+from stages.outputs import save_with_adapter
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     metrics: dict[str, float] = {}
     if eval_rows:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss_before"] = evaluate_before_training(trainer)["eval_loss"]
     metrics["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
     if eval_rows:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]

@@ -29,11 +29,12 @@ from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
     last_checkpoint,
+    loss_from_model_alone,
     peft_config,
-    save_with_adapter,
     trainer_arguments,
 )
 from stages.objectives import IGNORE, pad
+from stages.outputs import save_with_adapter
 
 COLUMNS = {"classification": CLASSIFICATION, "token_classification": TOKEN_TAGS, "seq2seq": SOURCE_TARGET}
 AUTO_CLASSES = {
@@ -273,6 +274,7 @@ def run(ctx: StageContext) -> StageResult:
         data_collator=lambda items: collate(items, tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    loss_from_model_alone(trainer)
     results["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
     model = trainer.model
     if eval_rows:

@@ -1,7 +1,7 @@
 """The models an RL stage holds: the trainable policy, its frozen reference, and the value model.
 
 With LoRA the reference is the policy with its adapter disabled, so the base weights exist once. The policy
-checkpoint comes with any earlier LoRA already merged in (see stages/hf_trainer.save_with_adapter), which
+checkpoint comes with any earlier LoRA already merged in (see stages/outputs.save_with_adapter), which
 makes "adapter disabled" the SFT policy and not the bare pretrained base.
 """
 

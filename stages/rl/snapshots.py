@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from reward_models import FunctionReward
-from stages.hf_trainer import save_with_adapter
+from stages.outputs import save_with_adapter
 from stages.rl.rewards import RewardMix
 from stages.rl.rollout import batched_response_logprobs, sample
 

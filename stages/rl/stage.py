@@ -30,7 +30,7 @@ from pipeline.log import log
 from pipeline.models import load_tokenizer, token_scores
 from reward_models.functions import load_reward_function
 from stages.base import StageContext, StageResult
-from stages.hf_trainer import logs_dir, save_with_adapter
+from stages.outputs import logs_dir, save_with_adapter
 from stages.rl import algorithms, checkpoint
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
