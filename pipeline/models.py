@@ -192,18 +192,26 @@ def build_seq2seq_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
     return T5ForConditionalGeneration(t5_config(cfg, tokenizer))
 
 
-def check_model_source(source: str) -> None:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_source(source: str, tokenizer_only: bool = False) -> None:
+    """A local folder must be a save_pretrained folder: a model's (config.json), or for a tokenizer alone a
+    tokenizer's (tokenizer.json or tokenizer_config.json). A hub id is left to from_pretrained."""
     path = Path(source)
-    if path.exists() and not (path / "config.json").is_file():
+    expected = ("config.json", *TOKENIZER_FILES) if tokenizer_only else ("config.json",)
+    if path.exists() and not any((path / name).is_file() for name in expected):
+        what = "model or tokenizer folder" if tokenizer_only else "model folder"
         raise UserError(
-            f"'{source}' is not a model folder: it has no config.json (expected a save_pretrained folder)."
+            f"'{source}' is not a {what}: it has no {' or '.join(expected)} "
+            "(expected a save_pretrained folder)."
         )
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    check_model_source(source)
+    check_model_source(source, tokenizer_only=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

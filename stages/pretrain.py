@@ -94,6 +94,8 @@ def check(cfg: Config) -> None:
 
 def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[int]]]:
     """Concatenate documents (each ended by EOS) and cut into full blocks; the ragged tail is dropped."""
+    if not texts:  # e.g. no held-out split (eval_fraction 0): the tokenizer refuses an empty batch
+        return []
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         stream.extend(ids + [tokenizer.eos_token_id])

@@ -274,7 +274,9 @@ CASES = [
         stage="sft",
         files={"empty-model/.keep": ""},
         config={"stages.sft.init_from": "{tmp}/empty-model"},
-        expected=["'{tmp}/empty-model' is not a model folder: it has no config.json"],
+        expected=[
+            "'{tmp}/empty-model' is not a model or tokenizer folder: it has no config.json or tokenizer.json"
+        ],
     ),
     case(
         "run-dir-under-a-regular-file",
@@ -381,7 +383,7 @@ def test_a_stage_that_fails_while_running_is_recorded_as_failed(
     assert main(argv) == 2
     entry = json.loads((run_dir / "manifest.json").read_text())["stages"]["sft"]
     assert entry["status"] == "failed"
-    assert "is not a model folder" in entry["error"]
+    assert "is not a model or tokenizer folder" in entry["error"]
     assert "error: " in capsys.readouterr().err
 
 

@@ -78,3 +78,36 @@ def test_rl_stage_writes_evaluation_snapshots_with_weights(tiny_run, tmp_path):
         assert AutoModelForCausalLM.from_pretrained(out / snap["path"]).config.model_type == "llama"
     history = json.loads((out / "history.json").read_text())
     assert all(0 < row["unique_fraction"] <= 1 for row in history)
+
+
+def test_pretrain_without_held_out_data_and_with_a_tokenizer_only_folder(tiny_run, tmp_path):
+    """eval_fraction 0 trains on every row and reports no held-out metric; `model.tokenizer` may name a folder
+    holding only a tokenizer (no config.json)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    AutoTokenizer.from_pretrained(tiny_run / "pretrain").save_pretrained(tmp_path / "tok")
+    assert not (tmp_path / "tok" / "config.json").exists()
+    block = {
+        "kind": "pretrain",
+        "data": "demo:reviews/corpus",
+        "eval_fraction": 0.0,
+        "max_steps": 2,
+        "batch_size": 8,
+        "block_size": 32,
+        "model": {
+            "hidden_size": 32,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "tokenizer": str(tmp_path / "tok"),
+        },
+    }
+    out = tmp_path / "pretrain"
+    run_standalone(
+        load_config(None, data={"threads": 1, "stages": {"pretrain": block}}), "pretrain", None, out
+    )
+    metrics = json.loads((out / "rlhf_stage.json").read_text())["metrics"]
+    assert "train_loss" in metrics and not any(key.startswith("eval_") for key in metrics)
+    AutoModelForCausalLM.from_pretrained(out)

@@ -84,13 +84,11 @@ def update(
             stats: dict[str, Tensor] = {}
             loss = torch.zeros((), device=mask.device)
             if len(part) > 0 and local_tokens > 0:
-                loss, stats, logits = minibatch_loss(
-                    settings, policy, value_model, batch, part, ids, seq_mask, width
+                loss, stats = minibatch_backward(
+                    settings, policy, value_model, batch, part, ids, seq_mask, width, share
                 )
-                with torch.no_grad():
-                    stats["entropy"] = masked_mean(
-                        entropy_from_logits(logits.float() / settings.temperature), mask[part]
-                    )
+            # A non-finite loss has already put NaNs in this minibatch's gradients; no step is taken with them
+            # (the next minibatch starts from zero_grad).
             finite = (
                 distributed.all_sum(torch.tensor(float(torch.isfinite(loss)))).item()
                 == distributed.world_size()
@@ -109,8 +107,6 @@ def update(
                     )
                 log(f"[{stage}] step {step}: non-finite loss, minibatch skipped")
                 continue
-            if len(part) > 0 and local_tokens > 0:
-                (loss * share).backward()
             distributed.sync_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
@@ -128,7 +124,7 @@ def update(
     return {key: float(value) / max(count, 1) for key, value in zip(keys, summed)}
 
 
-def minibatch_loss(
+def minibatch_backward(
     settings: UpdateSettings,
     policy,
     value_model,
@@ -137,24 +133,37 @@ def minibatch_loss(
     ids: Tensor,
     seq_mask: Tensor,
     width: int,
-) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    share: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Back-propagate this process's `share` of the minibatch's loss; returns the (detached) loss and stats.
+
+    The policy's loss goes backward before the value model's forward: the two share no parameters, so the
+    gradients are the same as one backward of their sum, but only one graph's activations are alive at a time.
+    """
     rollout, mask = batch.rollout, batch.rollout.response_mask
     logits = response_logits(policy, ids[part], seq_mask[part], width)
     logprobs = token_logprobs(logits, rollout.response_ids[part], settings.temperature)
+    with torch.no_grad():
+        entropy = masked_mean(entropy_from_logits(logits.float() / settings.temperature), mask[part])
+    del logits
     pg = clipped_policy_loss(
         logprobs, batch.old_logprobs[part], batch.advantages[part], mask[part], settings.clip_range
     )
-    loss = pg.loss
+    policy_loss = pg.loss
     stats = {"policy_loss": pg.loss, "clip_fraction": pg.clip_fraction, "approx_kl": pg.approx_kl}
+    stats["entropy"] = entropy
+    if settings.kl_loss_coef > 0:
+        kl = kl_loss_term(logprobs, batch.ref_logprobs[part], mask[part], settings.kl_estimator)
+        policy_loss = policy_loss + settings.kl_loss_coef * kl
+        stats["kl_loss"] = kl
+    (policy_loss * share).backward()
+    loss = policy_loss.detach()
     if value_model is not None:
         values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1].float()
         vf = clipped_value_loss(
             values, batch.old_values[part], batch.returns[part], mask[part], settings.value_clip_range
         )
-        loss = loss + settings.vf_coef * vf.loss
+        (settings.vf_coef * vf.loss * share).backward()
+        loss = loss + settings.vf_coef * vf.loss.detach()
         stats.update(value_loss=vf.loss, value_clip_fraction=vf.clip_fraction)
-    if settings.kl_loss_coef > 0:
-        kl = kl_loss_term(logprobs, batch.ref_logprobs[part], mask[part], settings.kl_estimator)
-        loss = loss + settings.kl_loss_coef * kl
-        stats["kl_loss"] = kl
-    return loss, stats, logits
+    return loss, {key: value.detach() for key, value in stats.items()}
