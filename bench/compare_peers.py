@@ -186,6 +186,7 @@ class Bench:
             ours = [
                 functools.partial(self.ours_rl, "ppo", "ppo", policy=policy, reward=reward),
                 functools.partial(self.ours_rl, "ppo_lora", "ppo_lora", policy=policy, reward=reward),
+                functools.partial(self.ours_rl, "ppo_shared", "ppo_shared", policy=policy, reward=reward),
             ]
             pairs.append(("ppo", peer, ours))
         peers = {"grpo": HARNESS / "trl_grpo.py", "rloo": ROOT / "bench" / "peers" / "trl_rloo.py"}
@@ -271,7 +272,7 @@ class Bench:
                 ck,
                 ["--episodes", "32", "--batch", "16", "--response-length", "16"],
             )
-            for stage in ("ppo", "ppo_lora"):
+            for stage in ("ppo", "ppo_lora", "ppo_shared"):
                 self.ours_rl(
                     f"{stage}-mem-h{hidden}",
                     stage,

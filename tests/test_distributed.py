@@ -69,6 +69,19 @@ def stage_blocks(tiny_run: Path) -> dict:
             "max_new_tokens": 12,
             "checkpoint_every": 1,
         },
+        # the value head on the policy's trunk: its gradients are summed over processes with the policy's
+        "ppo_shared": {
+            "kind": "rl",
+            "policy": str(tiny_run / "sft"),
+            "reward_model": str(tiny_run / "reward"),
+            "prompts": "demo:reviews/prompts",
+            "total_episodes": 32,
+            "batch_size": 16,
+            "minibatch_size": 8,
+            "ppo_epochs": 2,
+            "max_new_tokens": 12,
+            "shared_value_head": True,
+        },
         # one prompt per step with 4 samples: the second process has no prompt at all
         "grpo": {
             "kind": "rl",
@@ -176,7 +189,7 @@ def assert_close(a, b, path="metrics"):
 
 @pytest.mark.parametrize(
     "stage",
-    ["pretrain", "sft", "reward", "dpo", "task", "ppo", "grpo", "rloo"],
+    ["pretrain", "sft", "reward", "dpo", "task", "ppo", "ppo_shared", "grpo", "rloo"],
 )
 def test_two_processes_match_one(stage, tiny_run, tmp_path):
     """Same losses, metrics and final weights; one writer publishes a folder that loads."""

@@ -50,8 +50,9 @@ def run_rl(block: dict, out) -> dict:
             "adaptive_kl": True,
             "kl_target": 1.0,
         },
+        {"algorithm": "ppo", "shared_value_head": True},  # one trunk for policy and value
     ],
-    ids=["grpo", "rloo", "reinforce-running", "reinforce-greedy", "ppo-adaptive-kl"],
+    ids=["grpo", "rloo", "reinforce-running", "reinforce-greedy", "ppo-adaptive-kl", "ppo-shared-value-head"],
 )
 def test_each_algorithm_raises_its_reward(tiny_run, tmp_path, overrides):
     metrics = run_rl(rl_block(tiny_run, **overrides), tmp_path / "rl")
@@ -179,3 +180,41 @@ def test_k1_is_refused_as_a_kl_loss_term_and_k3_is_the_default_there():
     )
     with pytest.raises(ConfigError, match="k1 cannot be a loss term"):
         load_config(None, data={"stages": {"rl": {**base, "kl_estimator": "k1"}}})
+
+
+def test_the_shared_value_head_reads_the_policy_trunk_without_changing_its_logits(tiny_run):
+    """One forward gives the policy's own logits (what the causal LM computes, to float rounding: the output
+    layer runs on fewer rows) and the values."""
+    from pipeline.models import load_model
+    from stages.rl.models import SharedValueHead
+    from stages.rl.rollout import response_logits, response_logits_and_values
+
+    policy = load_model("AutoModelForCausalLM", str(tiny_run / "sft")).eval()
+    head = SharedValueHead(policy.config.hidden_size)
+    torch.nn.init.normal_(head.score.weight)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [0, 0, 7, 8, 9, 11]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        logits, values = response_logits_and_values(policy, head, ids, mask, width=3)
+        expected = response_logits(policy, ids, mask, query_length=3)
+        hidden = policy.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=0)
+    assert values.shape == (2, 3)
+    assert torch.allclose(values[0], head(hidden[0, 2:5]), atol=1e-5)  # V(s_t) read at the token before t
+    assert torch.equal(SharedValueHead(8)(torch.randn(2, 3, 8)), torch.zeros(2, 3))  # starts at zero
+
+
+def test_shared_value_head_is_ppo_only_and_excludes_value_init():
+    from pipeline.errors import ConfigError
+
+    base = {"kind": "rl", "policy": "a/b", "reward_model": "c/d", "prompts": "demo:reviews/prompts"}
+    config = load_config(None, data={"stages": {"rl": {**base, "shared_value_head": True}}})
+    assert config.stages["rl"].shared_value_head
+    with pytest.raises(ConfigError, match="shared_value_head is PPO's"):
+        load_config(
+            None, data={"stages": {"rl": {**base, "shared_value_head": True, "algorithm": "reinforce"}}}
+        )
+    with pytest.raises(ConfigError, match="Remove one of the two keys"):
+        load_config(
+            None, data={"stages": {"rl": {**base, "shared_value_head": True, "value_init": "policy"}}}
+        )

@@ -1,4 +1,5 @@
-"""The models an RL stage holds: the trainable policy, its frozen reference, and the value model.
+"""The models an RL stage holds: the trainable policy, its frozen reference, and the value model (a separate
+model, or a head on the policy's own trunk).
 
 With LoRA the reference is the policy with its adapter disabled, so the base weights exist once. The policy
 checkpoint comes with any earlier LoRA already merged in (see stages/outputs.save_with_adapter), which
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -65,7 +67,27 @@ def build_value_model(
     return model
 
 
-def is_peft(model: torch.nn.Module) -> bool:
-    from peft import PeftModel
+class SharedValueHead(torch.nn.Module):
+    """PPO's value head on the policy's last hidden state (`shared_value_head: true`): one forward and one
+    backward serve the policy and the value, and no second model is held. Zero-initialised, like a value head
+    started from the policy, so the first advantages are the returns themselves."""
 
-    return isinstance(model, PeftModel)
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.score.weight)
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden).squeeze(-1)
+
+
+def backbone_and_lm_head(policy: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The causal LM's trunk and output layer (through a peft wrapper: its adapters sit inside them)."""
+    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    peft = sys.modules.get("peft")  # a PeftModel exists only if peft was imported: do not import it here
+    return peft is not None and isinstance(model, peft.PeftModel)

@@ -140,3 +140,43 @@ def batched_response_logprobs(
             logits = response_logits(model, ids[part], mask[part], width)
             chunks.append(token_logprobs(logits, rollout.response_ids[part], temperature))
     return torch.cat(chunks)
+
+
+def response_logits_and_values(
+    policy: torch.nn.Module,
+    value_head: torch.nn.Module,
+    sequence_ids: Tensor,
+    sequence_mask: Tensor,
+    width: int,
+) -> tuple[Tensor, Tensor]:
+    """One trunk forward for both: logits that predict each response token [B, R, V] and the shared value
+    head's V(s_t) read at the token before each [B, R] (the output layer runs on response positions only)."""
+    from stages.rl.models import backbone_and_lm_head
+
+    backbone, lm_head = backbone_and_lm_head(policy)
+    hidden = backbone(
+        input_ids=sequence_ids,
+        attention_mask=sequence_mask,
+        position_ids=position_ids_from_mask(sequence_mask),
+        use_cache=False,
+    ).last_hidden_state[:, width - 1 : -1]
+    return lm_head(hidden), value_head(hidden)
+
+
+def batched_logprobs_and_values(
+    policy: torch.nn.Module,
+    value_head: torch.nn.Module,
+    rollout: Rollout,
+    temperature: float,
+    batch_size: int,
+) -> tuple[Tensor, Tensor]:
+    """`batched_response_logprobs` and the shared value head's values from the same no-grad forwards."""
+    ids, mask, width = rollout.sequence_ids, rollout.sequence_mask, rollout.query_ids.shape[1]
+    logprobs, values = [], []
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], batch_size):
+            part = slice(start, start + batch_size)
+            logits, part_values = response_logits_and_values(policy, value_head, ids[part], mask[part], width)
+            logprobs.append(token_logprobs(logits, rollout.response_ids[part], temperature))
+            values.append(part_values.float())
+    return torch.cat(logprobs), torch.cat(values)

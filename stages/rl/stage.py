@@ -34,9 +34,22 @@ from stages.outputs import logs_dir, save_with_adapter
 from stages.rl import algorithms, checkpoint
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from stages.rl.models import build_policy, build_reference, build_value_model, reference_mode
+from stages.rl.models import (
+    SharedValueHead,
+    backbone_and_lm_head,
+    build_policy,
+    build_reference,
+    build_value_model,
+    reference_mode,
+)
 from stages.rl.rewards import build_reward_mix
-from stages.rl.rollout import Rollout, SamplingNoise, batched_response_logprobs, sample
+from stages.rl.rollout import (
+    Rollout,
+    SamplingNoise,
+    batched_logprobs_and_values,
+    batched_response_logprobs,
+    sample,
+)
 from stages.rl.snapshots import Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
 
@@ -50,7 +63,8 @@ class Config(StageConfig):
     reward_functions: dict[str, float] = field(default_factory=dict)  # module:function -> weight
     reward_clip: float | None = None  # clip the total score to [-c, c]
     normalize_rewards: bool = False  # divide scores by a running std after subtracting a running mean
-    value_init: Literal["reward_model", "policy"] | None = None  # PPO's value head; None: the RM if any
+    value_init: Literal["reward_model", "policy"] | None = None  # PPO's value model; None: the RM if any
+    shared_value_head: bool = False  # PPO: the value head on the policy's trunk instead of a second model
     prompts: str = ""  # {"prompt"} rows
     total_episodes: int = 1024  # sampled responses over the whole stage
     batch_size: int = 64  # prompts per rollout
@@ -128,8 +142,18 @@ class Config(StageConfig):
                 "gradient and can be negative, so minimising it drives the policy away from the reference. "
                 "Use k3 (or k2) with kl_in_loss, or put the KL in the reward (kl_in_loss: false)."
             )
+        if self.shared_value_head and self.algorithm != "ppo":
+            raise ConfigError(
+                f"shared_value_head is PPO's (a value head on the policy); algorithm {self.algorithm} has "
+                "no value model. Remove the key or set algorithm: ppo."
+            )
+        if self.shared_value_head and self.value_init is not None:
+            raise ConfigError(
+                "value_init picks the weights of a separate value model; with shared_value_head: true the "
+                "value head reads the policy's trunk and starts at zero. Remove one of the two keys."
+            )
         if self.value_init is None:
-            self.value_init = "reward_model" if self.reward_model else "policy"
+            self.value_init = "reward_model" if self.reward_model and not self.shared_value_head else "policy"
         if self.algorithm == "ppo" and self.value_init == "reward_model" and not self.reward_model:
             raise ConfigError("value_init: reward_model needs a reward_model; set value_init: policy.")
 
@@ -253,7 +277,9 @@ def build_models(cfg: Config, ctx: StageContext, tokenizer, device):
         cfg.trust_remote_code,
     )
     value_model = None
-    if cfg.algorithm == "ppo":
+    if cfg.algorithm == "ppo" and cfg.shared_value_head:
+        value_model = SharedValueHead(backbone_and_lm_head(policy)[1].in_features).to(device)
+    elif cfg.algorithm == "ppo":
         from_rm = cfg.value_init == "reward_model"
         if from_rm and not rewards.sources[0].same_tokenizer:
             raise ConfigError(
@@ -385,12 +411,17 @@ def run(ctx: StageContext) -> StageResult:
             crash_point("ppo.rollout", step)
             rollout.response_mask = rollout.response_mask * row_weight.to(device)[:, None]
             mask = rollout.response_mask
-            old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
+            if isinstance(value_model, SharedValueHead):
+                old_logprobs, old_values = batched_logprobs_and_values(
+                    policy, value_model, rollout, cfg.temperature, episodes_per_step
+                )
+            else:
+                old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
+                old_values = values_of(value_model, rollout) if value_model is not None else None
             with reference_mode(policy, reference) as ref_model:
                 ref_logprobs = batched_response_logprobs(
                     ref_model, rollout, cfg.temperature, episodes_per_step
                 )
-            old_values = values_of(value_model, rollout) if value_model is not None else None
 
         # 4. score: every reward source, then the penalty for responses that never stop
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)

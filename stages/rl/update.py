@@ -14,7 +14,8 @@ from pipeline.log import log
 from pipeline.models import token_scores
 from stages.rl.losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits, kl_loss_term
 from stages.rl.masking import masked_mean
-from stages.rl.rollout import Rollout, response_logits, token_logprobs
+from stages.rl.models import SharedValueHead
+from stages.rl.rollout import Rollout, response_logits, response_logits_and_values, token_logprobs
 
 
 @dataclass
@@ -137,11 +138,16 @@ def minibatch_backward(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Back-propagate this process's `share` of the minibatch's loss; returns the (detached) loss and stats.
 
-    The policy's loss goes backward before the value model's forward: the two share no parameters, so the
-    gradients are the same as one backward of their sum, but only one graph's activations are alive at a time.
+    A separate value model: the policy's loss goes backward before the value model's forward. The two share
+    no parameters, so the gradients are those of one backward of their sum, but only one graph's activations
+    are alive at a time. A shared value head: one forward gives logits and values, one backward their sum.
     """
     rollout, mask = batch.rollout, batch.rollout.response_mask
-    logits = response_logits(policy, ids[part], seq_mask[part], width)
+    shared = isinstance(value_model, SharedValueHead)
+    if shared:
+        logits, values = response_logits_and_values(policy, value_model, ids[part], seq_mask[part], width)
+    else:
+        logits = response_logits(policy, ids[part], seq_mask[part], width)
     logprobs = token_logprobs(logits, rollout.response_ids[part], settings.temperature)
     with torch.no_grad():
         entropy = masked_mean(entropy_from_logits(logits.float() / settings.temperature), mask[part])
@@ -149,21 +155,28 @@ def minibatch_backward(
     pg = clipped_policy_loss(
         logprobs, batch.old_logprobs[part], batch.advantages[part], mask[part], settings.clip_range
     )
-    policy_loss = pg.loss
+    loss = pg.loss
     stats = {"policy_loss": pg.loss, "clip_fraction": pg.clip_fraction, "approx_kl": pg.approx_kl}
     stats["entropy"] = entropy
     if settings.kl_loss_coef > 0:
         kl = kl_loss_term(logprobs, batch.ref_logprobs[part], mask[part], settings.kl_estimator)
-        policy_loss = policy_loss + settings.kl_loss_coef * kl
+        loss = loss + settings.kl_loss_coef * kl
         stats["kl_loss"] = kl
-    (policy_loss * share).backward()
-    loss = policy_loss.detach()
-    if value_model is not None:
-        values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1].float()
-        vf = clipped_value_loss(
-            values, batch.old_values[part], batch.returns[part], mask[part], settings.value_clip_range
-        )
+    if value_model is None:
+        (loss * share).backward()
+        return loss.detach(), {key: value.detach() for key, value in stats.items()}
+    if not shared:
+        (loss * share).backward()  # frees the policy's graph before the value model runs
+        loss = loss.detach()
+        values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1]
+    vf = clipped_value_loss(
+        values.float(), batch.old_values[part], batch.returns[part], mask[part], settings.value_clip_range
+    )
+    stats.update(value_loss=vf.loss, value_clip_fraction=vf.clip_fraction)
+    if shared:
+        loss = loss + settings.vf_coef * vf.loss
+        (loss * share).backward()
+    else:
         (settings.vf_coef * vf.loss * share).backward()
         loss = loss + settings.vf_coef * vf.loss.detach()
-        stats.update(value_loss=vf.loss, value_clip_fraction=vf.clip_fraction)
-    return loss, {key: value.detach() for key, value in stats.items()}
+    return loss.detach(), {key: value.detach() for key, value in stats.items()}
