@@ -25,7 +25,14 @@ EVAL_TOLERANCE = 0.01
 
 
 def stage_blocks(tiny_run: Path) -> dict:
-    # log_every 1: the Trainer averages the loss over processes only when it logs
+    blocks = trainer_and_rl_blocks(tiny_run)
+    # the value head on the policy's trunk: its gradients are summed over processes with the policy's
+    blocks["ppo_shared"] = {**blocks["ppo"], "total_episodes": 32, "shared_value_head": True}
+    del blocks["ppo_shared"]["checkpoint_every"]
+    return blocks
+
+
+def trainer_and_rl_blocks(tiny_run: Path) -> dict:
     return {
         "pretrain": {
             "kind": "pretrain",
@@ -68,19 +75,6 @@ def stage_blocks(tiny_run: Path) -> dict:
             "ppo_epochs": 2,
             "max_new_tokens": 12,
             "checkpoint_every": 1,
-        },
-        # the value head on the policy's trunk: its gradients are summed over processes with the policy's
-        "ppo_shared": {
-            "kind": "rl",
-            "policy": str(tiny_run / "sft"),
-            "reward_model": str(tiny_run / "reward"),
-            "prompts": "demo:reviews/prompts",
-            "total_episodes": 32,
-            "batch_size": 16,
-            "minibatch_size": 8,
-            "ppo_epochs": 2,
-            "max_new_tokens": 12,
-            "shared_value_head": True,
         },
         # one prompt per step with 4 samples: the second process has no prompt at all
         "grpo": {
