@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.config import LoraConfig, TrainingConfig, check_positive, input_field
-from pipeline.data import PREFERENCE, check_sources, train_and_eval
+from pipeline.data import PREFERENCE, check_sources
 from pipeline.errors import ConfigError
-from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
     last_checkpoint,
     peft_config,
+    rows_tokenizer_and_model,
     trainer_arguments,
 )
 from stages.outputs import save_with_adapter
@@ -116,12 +116,9 @@ def run(ctx: StageContext) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
     cfg: Config = ctx.config
-    train_rows, eval_rows = train_and_eval(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, PREFERENCE, ctx.seed, "preference data"
+    train_rows, eval_rows, tokenizer, model = rows_tokenizer_and_model(
+        cfg, ctx, PREFERENCE, "preference data", "AutoModelForCausalLM"
     )
-    source = ctx.inputs["init_from"]
-    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    model = load_model("AutoModelForCausalLM", source, cfg.trust_remote_code)
     # The starting policy is the reference: score the held-out pairs under it once, before any update.
     reference = preference_logprobs(model, tokenizer, eval_rows, cfg.max_length) if eval_rows else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ from transformers import TrainerCallback
 from pipeline import distributed
 from pipeline.checkpoints import INDEX, latest_valid, step_of, write_index
 from pipeline.config import LoraConfig, TrainingConfig
+from pipeline.data import train_and_eval
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
+from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext
 from stages.outputs import logs_dir
 
@@ -48,6 +51,20 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         disable_tqdm=False,
         remove_unused_columns=True,
     )
+
+
+def rows_tokenizer_and_model(
+    cfg: TrainingConfig, ctx: StageContext, columns: Sequence[str], what: str, auto_class: str, **kwargs: Any
+):
+    """What a fine-tuning stage starts from: its training and held-out rows (`data`, and `eval_data` or an
+    `eval_fraction` split), and the tokenizer and `auto_class` model of its `init_from` checkpoint."""
+    train_rows, eval_rows = train_and_eval(
+        cfg.data, cfg.eval_data, cfg.eval_fraction, columns, ctx.seed, what
+    )
+    source = ctx.inputs["init_from"]
+    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    model = load_model(auto_class, source, cfg.trust_remote_code, **kwargs)
+    return train_rows, eval_rows, tokenizer, model
 
 
 def per_process_batch(batch_size: int) -> int:

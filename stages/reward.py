@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.config import LoraConfig, TrainingConfig, input_field
-from pipeline.data import PREFERENCE, check_sources, train_and_eval
-from pipeline.models import load_model, load_tokenizer
+from pipeline.data import PREFERENCE, check_sources
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
     last_checkpoint,
     peft_config,
+    rows_tokenizer_and_model,
     trainer_arguments,
 )
 from stages.outputs import save_with_adapter
@@ -44,12 +44,9 @@ def run(ctx: StageContext) -> StageResult:
     from trl import RewardConfig, RewardTrainer
 
     cfg: Config = ctx.config
-    train_rows, eval_rows = train_and_eval(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, PREFERENCE, ctx.seed, "preference data"
+    train_rows, eval_rows, tokenizer, model = rows_tokenizer_and_model(
+        cfg, ctx, PREFERENCE, "preference data", "AutoModelForSequenceClassification", num_labels=1
     )
-    source = ctx.inputs["init_from"]
-    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    model = load_model("AutoModelForSequenceClassification", source, cfg.trust_remote_code, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
 
     args = RewardConfig(

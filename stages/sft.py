@@ -6,15 +6,15 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.config import LoraConfig, TrainingConfig, input_field
-from pipeline.data import PROMPT_COMPLETION, check_sources, train_and_eval
+from pipeline.data import PROMPT_COMPLETION, check_sources
 from pipeline.errors import ConfigError
-from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
     evaluate_before_training,
     last_checkpoint,
     peft_config,
+    rows_tokenizer_and_model,
     trainer_arguments,
 )
 from stages.outputs import save_with_adapter
@@ -43,12 +43,9 @@ def run(ctx: StageContext) -> StageResult:
     from trl import SFTConfig, SFTTrainer
 
     cfg: Config = ctx.config
-    train_rows, eval_rows = train_and_eval(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, PROMPT_COMPLETION, ctx.seed, "SFT data"
+    train_rows, eval_rows, tokenizer, model = rows_tokenizer_and_model(
+        cfg, ctx, PROMPT_COMPLETION, "SFT data", "AutoModelForCausalLM"
     )
-    source = ctx.inputs["init_from"]
-    tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    model = load_model("AutoModelForCausalLM", source, cfg.trust_remote_code)
 
     args = SFTConfig(
         **trainer_arguments(cfg, ctx),
