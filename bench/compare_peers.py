@@ -187,6 +187,9 @@ class Bench:
                 functools.partial(self.ours_rl, "ppo", "ppo", policy=policy, reward=reward),
                 functools.partial(self.ours_rl, "ppo_lora", "ppo_lora", policy=policy, reward=reward),
                 functools.partial(self.ours_rl, "ppo_shared", "ppo_shared", policy=policy, reward=reward),
+                functools.partial(
+                    self.ours_rl, "ppo_lora_shared", "ppo_lora_shared", policy=policy, reward=reward
+                ),
             ]
             pairs.append(("ppo", peer, ours))
         peers = {"grpo": HARNESS / "trl_grpo.py", "rloo": ROOT / "bench" / "peers" / "trl_rloo.py"}
@@ -272,7 +275,7 @@ class Bench:
                 ck,
                 ["--episodes", "32", "--batch", "16", "--response-length", "16"],
             )
-            for stage in ("ppo", "ppo_lora", "ppo_shared"):
+            for stage in ("ppo", "ppo_lora", "ppo_shared", "ppo_lora_shared"):
                 self.ours_rl(
                     f"{stage}-mem-h{hidden}",
                     stage,

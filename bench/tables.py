@@ -74,7 +74,21 @@ RL_TARGETS = {  # row -> (our run, peer run, label, speed target, memory target)
     "ppo": ("ppo", "ppo", "PPO vs TRL 1.9.2 PPOTrainer", 2.0, 0.6),
     "ppo_lora": ("ppo_lora", "ppo", "PPO + LoRA (ours) vs TRL 1.9.2 PPO (full)", None, None),
     "ppo_shared": ("ppo_shared", "ppo", "PPO, shared value head (ours) vs TRL 1.9.2 PPO", 2.0, 0.6),
+    "ppo_lora_shared": (
+        "ppo_lora_shared",
+        "ppo",
+        "PPO + LoRA + shared value head (ours) vs TRL 1.9.2 PPO (full)",
+        None,
+        None,
+    ),
     "ppo-mem-h512": ("ppo-mem-h512", "ppo-mem-h512", "PPO, 34M-param policy, 32 episodes", 2.0, 0.6),
+    "ppo_lora_shared-mem-h512": (
+        "ppo_lora_shared-mem-h512",
+        "ppo-mem-h512",
+        "PPO + LoRA + shared value head vs TRL PPO (full), 34M",
+        None,
+        None,
+    ),
     "ppo_shared-mem-h512": (
         "ppo_shared-mem-h512",
         "ppo-mem-h512",

@@ -51,8 +51,18 @@ def run_rl(block: dict, out) -> dict:
             "kl_target": 1.0,
         },
         {"algorithm": "ppo", "shared_value_head": True},  # one trunk for policy and value
+        # and with LoRA: the head reads the adapted trunk, the reference is the adapter switched off
+        {"algorithm": "ppo", "shared_value_head": True, "lora": {"enabled": True, "r": 8, "alpha": 16}},
     ],
-    ids=["grpo", "rloo", "reinforce-running", "reinforce-greedy", "ppo-adaptive-kl", "ppo-shared-value-head"],
+    ids=[
+        "grpo",
+        "rloo",
+        "reinforce-running",
+        "reinforce-greedy",
+        "ppo-adaptive-kl",
+        "ppo-shared-value-head",
+        "ppo-shared-value-head-lora",
+    ],
 )
 def test_each_algorithm_raises_its_reward(tiny_run, tmp_path, overrides):
     metrics = run_rl(rl_block(tiny_run, **overrides), tmp_path / "rl")
