@@ -246,12 +246,21 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def without_peft_wrapper(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (its adapters sit in its layers, so they still run)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The trunk under a task head (e.g. LlamaModel in LlamaForCausalLM / LlamaForSequenceClassification)."""
+    model = without_peft_wrapper(model)
+    return getattr(model, model.base_model_prefix)
+
+
 def is_encoder_classifier(model: torch.nn.Module) -> bool:
     """True for encoder classifiers (BERT and kin), which pool the first token through their own head
     (`classifier`); decoder classifiers have a per-token `score` head instead."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return not hasattr(model, "score")
+    return not hasattr(without_peft_wrapper(model), "score")
 
 
 def token_scores(
@@ -268,15 +277,12 @@ def token_scores(
             f"{type(model).__name__} is an encoder classifier: it scores whole sequences, not tokens, so it "
             "cannot serve as a value model (with an encoder reward model set value_init: policy)."
         )
-    if hasattr(model, "get_base_model"):  # peft: the wrapped model still routes through the adapters
-        model = model.get_base_model()
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(
+    hidden = backbone(model)(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
     ).last_hidden_state
-    return model.score(hidden).squeeze(-1)
+    return without_peft_wrapper(model).score(hidden).squeeze(-1)
 
 
 def sequence_scores(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from pipeline.config import LoraConfig
-from pipeline.models import load_model
+from pipeline.models import backbone, load_model, without_peft_wrapper
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -84,8 +84,7 @@ class SharedValueHead(torch.nn.Module):
 
 def backbone_and_lm_head(policy: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The causal LM's trunk and output layer (through a peft wrapper: its adapters sit inside them)."""
-    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
+    return backbone(policy), without_peft_wrapper(policy).get_output_embeddings()
 
 
 def is_peft(model: torch.nn.Module) -> bool:
