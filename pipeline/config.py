@@ -34,12 +34,32 @@ class ModelConfig:
     dropout: float | None = None  # None: the family's default (bert, t5, gpt2: 0.1; llama, qwen2: 0.0)
 
     def __post_init__(self) -> None:
+        check_positive(
+            self,
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "vocab_size",
+        )
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise InvalidValue("dropout", f"({self.dropout}) must be in [0, 1).")
         if self.hidden_size % self.num_heads:
             raise InvalidValue(
                 "hidden_size", f"({self.hidden_size}) must be divisible by num_heads ({self.num_heads})."
             )
+        head_size = self.hidden_size // self.num_heads
+        if self.family in ROTARY_FAMILIES and head_size % 2:
+            raise InvalidValue(
+                "hidden_size",
+                f"({self.hidden_size}) / num_heads ({self.num_heads}) = {head_size} must be even: "
+                f"{self.family}'s rotary position embedding turns pairs of dimensions.",
+            )
+
+
+ROTARY_FAMILIES = ("llama", "qwen2")  # positions by rotary embedding: any length, an even head size
+LEARNED_POSITION_FAMILIES = ("gpt2", "bert")  # a learned embedding per position: max_position_embeddings
 
 
 @dataclass
@@ -49,6 +69,17 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
+
+    def __post_init__(self) -> None:
+        check_positive(self, "r", "alpha")
+        check_range(self, "dropout", 0, 1)
+        modules = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if not modules or not all(m.strip() for m in modules):
+            raise InvalidValue(
+                "target_modules",
+                "must name the modules to adapt ('all-linear', or a list of names), "
+                f"got {self.target_modules!r}.",
+            )
 
 
 @dataclass
@@ -60,7 +91,14 @@ class StageConfig:
     trust_remote_code: bool = False
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, ...; writes logs/<stage>/
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 for GPUs; leave "no" on CPU
+    # The dtype weights are held (and updated) in. float32 keeps a full-precision master copy whatever the
+    # checkpoint's stored dtype, and bf16 compute comes from mixed_precision. bfloat16 halves weight and
+    # optimizer memory, but an update below ~1/256 of a weight rounds away (at lr 1e-6 most never move).
+    dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+
+    def __post_init__(self) -> None:
+        check_seed(self)
 
 
 @dataclass
@@ -82,9 +120,44 @@ class TrainingConfig(StageConfig):
     skip_nonfinite: bool = False  # skip an update whose gradients are NaN/inf instead of stopping
 
     def __post_init__(self) -> None:
-        check_positive(self, "lr", "batch_size", "epochs")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise InvalidValue("eval_fraction", f"must be in [0, 1), got {self.eval_fraction}.")
+        super().__post_init__()
+        check_positive(self, "lr", "batch_size", "epochs", "log_every")
+        if self.max_steps != -1 and self.max_steps <= 0:
+            raise InvalidValue("max_steps", f"must be -1 (train for `epochs`) or > 0, got {self.max_steps}.")
+        check_at_least(self, 0, "weight_decay")
+        check_range(self, "warmup_ratio", 0, 1)
+        check_range(self, "eval_fraction", 0, 1)
+        check_positive_if_set(self, "checkpoint_every", "no resumable checkpoints")
+        check_at_least(self, 1, "keep_checkpoints")
+        check_choice(self, "lr_scheduler", LR_SCHEDULERS)
+        trackers = (*trainer_trackers(), "all", "none")
+        for name in self.report_to:
+            if name not in trackers:
+                raise InvalidValue(
+                    "report_to",
+                    f"names an unknown tracker {name!r}.{suggest(name, list(trackers))} "
+                    f"Known: {', '.join(trackers)}.",
+                )
+
+
+# The Trainer's schedulers that need no settings beyond these keys (the others want scheduler kwargs or
+# an evaluation strategy, which the stages do not set).
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+
+
+def trainer_trackers() -> tuple[str, ...]:
+    """The tracker names transformers' Trainer takes in `report_to` (besides all and none)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return tuple(INTEGRATION_TO_CALLBACK)
 
 
 def check_positive(cfg: Any, *names: str) -> None:
@@ -92,6 +165,55 @@ def check_positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise InvalidValue(name, f"must be > 0, got {value}.")
+
+
+def check_positive_if_set(cfg: Any, name: str, when_unset: str) -> None:
+    """A key whose null means something (`when_unset`); 0 does not mean it too."""
+    value = getattr(cfg, name)
+    if value is not None and value <= 0:
+        raise InvalidValue(name, f"must be > 0, or null for {when_unset}; got {value}.")
+
+
+def check_at_least(cfg: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise InvalidValue(name, f"must be >= {minimum}, got {value}.")
+
+
+def check_range(
+    cfg: Any, name: str, low: float, high: float, low_open: bool = False, high_open: bool = True
+) -> None:
+    """`value` in [low, high) by default; `low_open` / `high_open` leave out that end."""
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise InvalidValue(name, f"must be in {interval}, got {value}.")
+
+
+def check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise InvalidValue(
+            name, f"must be one of {', '.join(choices)}, got {value!r}.{suggest(str(value), list(choices))}"
+        )
+
+
+def check_seed(cfg: Any, name: str = "seed") -> None:
+    """Seeds go to numpy (through transformers' set_seed), which takes 0 .. 2**32 - 1."""
+    value = getattr(cfg, name)
+    if value is not None and not 0 <= value < 2**32:
+        raise InvalidValue(name, f"must be in [0, 2**32 - 1], got {value}.")
+
+
+def check_source(cfg: Any, name: str) -> None:
+    """An input field that must be set: a stage name, a model folder or a hub id."""
+    if not getattr(cfg, name):
+        raise InvalidValue(name, "must name a stage, a model folder or a hub id; it is empty.")
 
 
 @dataclass
@@ -127,8 +249,24 @@ class EvaluationConfig:
         from pipeline.health import thresholds
 
         check_positive(
-            self, "samples_per_prompt", "max_new_tokens", "temperature", "batch_size", "distinct_n"
+            self,
+            "samples_per_prompt",
+            "max_new_tokens",
+            "temperature",
+            "batch_size",
+            "distinct_n",
+            "bootstrap_resamples",
         )
+        check_source(self, "baseline")
+        check_source(self, "candidate")
+        check_positive_if_set(self, "max_prompts", "all prompts")
+        check_range(self, "confidence", 0, 1, low_open=True)
+        check_at_least(self, 0, "n_examples")
+        check_seed(self)
+        for key in ("policies", "reward_models"):
+            for name, source in getattr(self, key).items():
+                if not source:
+                    raise InvalidValue(f"{key}.{name}", "must name a stage, a model folder or a hub id.")
         policy_names = [self.baseline, self.candidate]
         for name in self.policies:
             if name in policy_names or "." in name:
@@ -160,6 +298,12 @@ class PipelineConfig:
     threads: int | None = None  # torch threads; None: all cores
     evaluation: EvaluationConfig | None = None
     compare: dict[str, dict[str, Any]] = field(default_factory=dict)  # `rlhf compare`: algorithm -> overrides
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise InvalidValue("name", "must not be empty: it names the run (runs/<name> by default).")
+        check_seed(self)
+        check_positive_if_set(self, "threads", "all cores")
 
 
 @dataclass

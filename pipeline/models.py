@@ -10,6 +10,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.log import log
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 # encoders: [SEP] ends every sequence, so it also serves as EOS (TRL's reward data appends an EOS)
@@ -206,6 +207,14 @@ def check_model_source(source: str, tokenizer_only: bool = False) -> None:
             f"'{source}' is not a {what}: it has no {' or '.join(expected)} "
             "(expected a save_pretrained folder)."
         )
+    if not tokenizer_only and (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+        # transformers would attach the adapter at load time, and switching "the" adapter off for a KL
+        # reference would then switch it off too, leaving the bare base as the reference (TRL #3196).
+        raise UserError(
+            f"'{source}' holds both model weights (config.json) and a peft adapter (adapter_config.json), so "
+            "which of them is the model is ambiguous. Merge the adapter into the weights (peft's "
+            "merge_and_unload, then save_pretrained into a new folder), or move the adapter to a subfolder."
+        )
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):
@@ -228,17 +237,27 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
 
 def load_model(
-    auto_class: str, source: str, trust_remote_code: bool = False, **kwargs: Any
+    auto_class: str, source: str, trust_remote_code: bool = False, dtype: str = "float32", **kwargs: Any
 ) -> torch.nn.Module:
-    """`auto_class` is e.g. 'AutoModelForCausalLM'; errors name the source and what was expected."""
+    """`auto_class` is e.g. 'AutoModelForCausalLM'; errors name the source and what was expected.
+
+    Weights come in `dtype` (a stage's `dtype` key), not in the checkpoint's stored dtype: transformers 5
+    would load a bf16 checkpoint as bf16 parameters, and training those has no float32 master copy.
+    """
     import transformers
 
     check_model_source(source)
     loader = getattr(transformers, auto_class)
     try:
-        return loader.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        model = loader.from_pretrained(
+            source, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype), **kwargs
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"Could not load {auto_class} from '{source}': {exc}") from exc
+    if dtype == "bfloat16":
+        log(f"note: {auto_class} from '{source}' held in pure bfloat16 (dtype: bfloat16): no float32 master "
+            "weights, so updates smaller than ~1/256 of a weight are rounded away")
+    return model
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.config import LoraConfig, TrainingConfig, check_positive, input_field
+from pipeline.config import (
+    LoraConfig,
+    TrainingConfig,
+    check_choice,
+    check_positive,
+    check_source,
+    input_field,
+)
 from pipeline.data import PREFERENCE, check_sources
-from pipeline.errors import ConfigError
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
@@ -26,15 +32,34 @@ class Config(TrainingConfig):
     init_from: str = input_field("sft")  # the starting policy, which is also the frozen reference
     data: str = ""
     beta: float = 0.1  # strength of the implicit KL pull towards the reference
-    loss_type: str = "sigmoid"  # any of TRL's DPO loss types (sigmoid = the DPO paper's loss)
+    loss_type: str = "sigmoid"  # one of LOSS_TYPES (sigmoid = the DPO paper's loss)
     max_length: int = 128  # prompt + completion tokens; longer pairs are cut at the end
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_source(self, "init_from")
         check_positive(self, "beta", "max_length")
-        if not self.init_from:
-            raise ConfigError("stages.dpo.init_from must name a stage, a model folder or a hub id.")
+        check_choice(self, "loss_type", LOSS_TYPES)
+
+
+# TRL's DPO loss types that run on these keys (exo_pair also needs label smoothing, which is not one).
+LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 
 
 def sequence_logprobs(

@@ -63,7 +63,7 @@ def rows_tokenizer_and_model(
     )
     source = ctx.inputs["init_from"]
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-    model = load_model(auto_class, source, cfg.trust_remote_code, **kwargs)
+    model = load_model(auto_class, source, cfg.trust_remote_code, cfg.dtype, **kwargs)
     return train_rows, eval_rows, tokenizer, model
 
 

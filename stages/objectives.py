@@ -26,7 +26,9 @@ class MaskingConfig:
     whole_word: bool = False  # choose whole words: every sub-token of a chosen word is chosen
 
     def __post_init__(self) -> None:
-        for name in ("probability", "mask_rate", "random_rate"):
+        if not 0.0 < self.probability <= 1.0:  # 0 chooses no token: nothing to predict, a NaN loss
+            raise InvalidValue("probability", f"must be in (0, 1], got {self.probability}.")
+        for name in ("mask_rate", "random_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidValue(name, f"must be in [0, 1], got {getattr(self, name)}.")
         if self.mask_rate + self.random_rate > 1.0:

@@ -5,6 +5,7 @@ peft with it: ~100 MB and ~2 s) when it does not use them."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -22,7 +23,11 @@ def logs_dir(ctx: StageContext) -> Path:
 
 def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
     """Save loadable weights. A peft model keeps its adapter in out_dir/adapter and merged weights at the top,
-    so the next stage (and its KL reference) starts from the fine-tuned policy, not the bare base."""
+    so the next stage (and its KL reference) starts from the fine-tuned policy, not the bare base.
+
+    The model passed in is never changed: saving happens mid-training (RL snapshots), so the merge runs on a
+    copy. Merging in place would remove the live adapter's layers from under the optimizer, and merging then
+    unmerging would not restore the base weights bit for bit."""
     if not distributed.is_main():  # one writer; every process holds the same weights
         return
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -34,5 +39,5 @@ def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
     if peft is not None and isinstance(model, peft.PeftModel):
         model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
-        model = model.merge_and_unload()
+        model = copy.deepcopy(model).merge_and_unload()  # one extra copy of the weights while saving
     save_pretrained(model, tokenizer, out_dir)

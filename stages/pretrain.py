@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from pipeline.config import ModelConfig, TrainingConfig, input_field
+from pipeline.config import LEARNED_POSITION_FAMILIES, ModelConfig, TrainingConfig, check_range, input_field
 from pipeline.config_schema import InvalidValue
 from pipeline.data import TEXT, check_sources, train_and_eval
 from pipeline.errors import ConfigError
@@ -47,6 +47,9 @@ from stages.objectives import (
 )
 
 FAMILIES = {"clm": ("llama", "gpt2", "qwen2"), "mlm": ("bert",), "seq2seq": ("t5",)}
+# The fewest tokens a block (mlm: an example) holds and still trains: a token and the next one (clm); a
+# span and a kept token (seq2seq); [CLS] a token [SEP] (mlm), with nsp [CLS] A [SEP] B [SEP].
+MIN_BLOCK_SIZE = {"clm": 2, "seq2seq": 2, "mlm": 3, "nsp": 5}
 
 
 @dataclass
@@ -64,14 +67,29 @@ class Config(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         families = FAMILIES[self.objective]
-        if self.init_from is None and self.model.family not in families:
+        if not self.init_from and self.model.family not in families:
             raise InvalidValue(
                 "objective",
                 f"is '{self.objective}', which trains a model of family {' or '.join(families)}, but "
                 f"model.family is '{self.model.family}': set model.family: {families[0]}.",
             )
-        if not 0.0 < self.noise_density < 1.0 or self.mean_span_length < 1.0:
-            raise InvalidValue("noise_density", "must be in (0, 1), and mean_span_length >= 1.")
+        with_nsp = self.objective == "mlm" and self.nsp
+        shortest = MIN_BLOCK_SIZE["nsp" if with_nsp else self.objective]
+        if self.block_size < shortest:
+            objective = f"{self.objective}{' with nsp' if with_nsp else ''}"
+            raise InvalidValue(
+                "block_size", f"must be >= {shortest} for objective {objective}, got {self.block_size}."
+            )
+        positions, family = self.model.max_position_embeddings, self.model.family
+        if not self.init_from and family in LEARNED_POSITION_FAMILIES and self.block_size > positions:
+            raise InvalidValue(
+                "block_size",
+                f"({self.block_size}) must be <= model.max_position_embeddings ({positions}): "
+                f"{family} has no position embedding beyond it.",
+            )
+        check_range(self, "noise_density", 0, 1, low_open=True)
+        if self.mean_span_length < 1.0:
+            raise InvalidValue("mean_span_length", f"must be >= 1, got {self.mean_span_length}.")
 
 
 @dataclass
@@ -114,7 +132,9 @@ def tokenizer_for(cfg: Config, ctx: StageContext, texts: list[str], train_new):
 
 def model_for(cfg: Config, ctx: StageContext, auto_class: str, build):
     source = ctx.inputs.get("init_from")
-    return load_model(auto_class, source, cfg.trust_remote_code) if source else build()
+    if source:
+        return load_model(auto_class, source, cfg.trust_remote_code, cfg.dtype)
+    return build().to(getattr(torch, cfg.dtype))
 
 
 # ---------------------------------------------------------------- one builder per objective

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import LoraConfig, TrainingConfig, input_field
+from pipeline.config import (
+    LoraConfig,
+    TrainingConfig,
+    check_at_least,
+    check_positive,
+    check_source,
+    input_field,
+)
 from pipeline.data import PREFERENCE, check_sources
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
@@ -25,6 +32,12 @@ class Config(TrainingConfig):
     max_length: int = 128
     center_rewards_coefficient: float | None = 0.01  # keeps scores near 0, so PPO's KL penalty stays in scale
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_source(self, "init_from")
+        check_positive(self, "max_length")
+        check_at_least(self, 0, "center_rewards_coefficient")
 
 
 def pairwise_accuracy(scorer: LearnedRewardModel, rows: list[dict]) -> float:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.config import LoraConfig, TrainingConfig, input_field
+from pipeline.config import LoraConfig, TrainingConfig, check_positive, check_source, input_field
 from pipeline.data import PROMPT_COMPLETION, check_sources
-from pipeline.errors import ConfigError
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     ReliabilityCallback,
@@ -29,8 +28,8 @@ class Config(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.init_from:
-            raise ConfigError("stages.sft.init_from must name a stage, a model folder or a hub id.")
+        check_source(self, "init_from")
+        check_positive(self, "max_length")
 
 
 def check(cfg: Config) -> None:

@@ -12,7 +12,14 @@ from typing import Literal
 
 import torch
 
-from pipeline.config import LoraConfig, ModelConfig, TrainingConfig, input_field
+from pipeline.config import (
+    LEARNED_POSITION_FAMILIES,
+    LoraConfig,
+    ModelConfig,
+    TrainingConfig,
+    check_positive,
+    input_field,
+)
 from pipeline.config_schema import InvalidValue
 from pipeline.data import CLASSIFICATION, SOURCE_TARGET, TOKEN_TAGS, load_rows, train_and_eval
 from pipeline.errors import DataError
@@ -63,12 +70,20 @@ class Config(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_positive(self, "max_length", "max_new_tokens")
         family = SCRATCH_FAMILY[self.task]
-        if self.init_from is None and self.model.family != family:
+        if not self.init_from and self.model.family != family:
             raise InvalidValue(
                 "task",
                 f"is '{self.task}', which from scratch builds a model of family '{family}', but model.family "
                 f"is '{self.model.family}': set model.family: {family}, or init_from a checkpoint.",
+            )
+        positions = self.model.max_position_embeddings
+        if not self.init_from and family in LEARNED_POSITION_FAMILIES and self.max_length > positions:
+            raise InvalidValue(
+                "max_length",
+                f"({self.max_length}) must be <= model.max_position_embeddings ({positions}): "
+                f"{family} has no position embedding beyond it.",
             )
 
 
@@ -214,7 +229,7 @@ def build(cfg: Config, ctx: StageContext, train_rows: list[dict], names: list):
     source = ctx.inputs.get("init_from")
     if source:
         tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-        model = load_model(AUTO_CLASSES[cfg.task], source, cfg.trust_remote_code, **head)
+        model = load_model(AUTO_CLASSES[cfg.task], source, cfg.trust_remote_code, cfg.dtype, **head)
     else:
         import transformers
 
@@ -226,7 +241,8 @@ def build(cfg: Config, ctx: StageContext, train_rows: list[dict], names: list):
         else:
             tokenizer = train_encoder_tokenizer(texts, cfg.model.vocab_size)
             config = bert_config(cfg.model, tokenizer, **head)
-        model = getattr(transformers, AUTO_CLASSES[cfg.task]).from_config(config)
+        auto_class = getattr(transformers, AUTO_CLASSES[cfg.task])
+        model = auto_class.from_config(config, dtype=getattr(torch, cfg.dtype))
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 

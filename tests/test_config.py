@@ -60,7 +60,7 @@ def test_unknown_key_names_full_path_suggests_and_lists_valid_keys(override, key
 def test_unknown_key_with_no_close_match_still_lists_valid_keys():
     message = refused("stages.sft.zzzzzz=1")
     assert "Did you mean" not in message
-    assert "Valid keys here: batch_size, checkpoint_every, data, epochs" in message
+    assert "Valid keys here: batch_size, checkpoint_every, data, " in message and "epochs" in message
 
 
 # ---------------------------------------------------------------- types
@@ -156,6 +156,271 @@ def test_none_for_optional_and_int_for_float_are_accepted():
 )
 def test_impossible_value_names_the_key(override, expected):
     assert expected in refused(override)
+
+
+# Every key a stage would only have refused while building its objects (or never): refused at load time,
+# naming the full key, the bad value and what is expected. (overrides, words the message must contain)
+PRETRAIN_MLM = ("stages.pretrain.objective=mlm", "stages.pretrain.model.family=bert")
+PRETRAIN_T5 = ("stages.pretrain.objective=seq2seq", "stages.pretrain.model.family=t5")
+UP_FRONT = {
+    # ModelConfig
+    "model-num-layers": (
+        ["stages.pretrain.model.num_layers=0"],
+        "Config key 'stages.pretrain.model.num_layers' must be > 0, got 0.",
+    ),
+    "model-num-heads-zero": (
+        ["stages.pretrain.model.num_heads=0"],
+        "Config key 'stages.pretrain.model.num_heads' must be > 0, got 0.",
+    ),
+    "model-hidden-size": (
+        ["stages.pretrain.model.hidden_size=-64"],
+        "Config key 'stages.pretrain.model.hidden_size' must be > 0, got -64.",
+    ),
+    "model-intermediate-size": (
+        ["stages.pretrain.model.intermediate_size=0"],
+        "Config key 'stages.pretrain.model.intermediate_size' must be > 0, got 0.",
+    ),
+    "model-max-position-embeddings": (
+        ["stages.pretrain.model.max_position_embeddings=0"],
+        "Config key 'stages.pretrain.model.max_position_embeddings' must be > 0, got 0.",
+    ),
+    "model-vocab-size": (
+        ["stages.pretrain.model.vocab_size=0"],
+        "Config key 'stages.pretrain.model.vocab_size' must be > 0, got 0.",
+    ),
+    "model-odd-rotary-head": (
+        ["stages.pretrain.model.hidden_size=60"],
+        "Config key 'stages.pretrain.model.hidden_size' (60) / num_heads (4) = 15 must be even",
+    ),
+    # LoraConfig
+    "lora-r": (["stages.sft.lora.r=0"], "Config key 'stages.sft.lora.r' must be > 0, got 0."),
+    "lora-alpha": (["stages.sft.lora.alpha=-16"], "Config key 'stages.sft.lora.alpha' must be > 0, got -16."),
+    "lora-dropout": (
+        ["stages.reward.lora.dropout=1.0"],
+        "Config key 'stages.reward.lora.dropout' must be in [0, 1), got 1.0.",
+    ),
+    "lora-target-modules-empty-list": (
+        ["stages.sft.lora.target_modules=[]"],
+        "Config key 'stages.sft.lora.target_modules' must name the modules to adapt",
+    ),
+    "lora-target-modules-empty-string": (
+        ["stages.sft.lora.target_modules="],
+        "Config key 'stages.sft.lora.target_modules' must name the modules to adapt",
+    ),
+    # StageConfig
+    "stage-seed-negative": (
+        ["stages.sft.seed=-1"],
+        "Config key 'stages.sft.seed' must be in [0, 2**32 - 1], got -1.",
+    ),
+    "stage-seed-too-large": (
+        ["stages.reward.seed=4294967296"],
+        "Config key 'stages.reward.seed' must be in [0, 2**32 - 1], got 4294967296.",
+    ),
+    # TrainingConfig
+    "weight-decay": (
+        ["stages.sft.weight_decay=-0.01"],
+        "Config key 'stages.sft.weight_decay' must be >= 0, got -0.01.",
+    ),
+    "warmup-ratio": (
+        ["stages.sft.warmup_ratio=1.0"],
+        "Config key 'stages.sft.warmup_ratio' must be in [0, 1), got 1.0.",
+    ),
+    "max-steps-zero": (
+        ["stages.pretrain.max_steps=0"],
+        "Config key 'stages.pretrain.max_steps' must be -1 (train for `epochs`) or > 0, got 0.",
+    ),
+    "max-steps-negative": (
+        ["stages.sft.max_steps=-5"],
+        "Config key 'stages.sft.max_steps' must be -1 (train for `epochs`) or > 0, got -5.",
+    ),
+    "log-every": (["stages.reward.log_every=0"], "Config key 'stages.reward.log_every' must be > 0, got 0."),
+    "checkpoint-every": (
+        ["stages.sft.checkpoint_every=0"],
+        "Config key 'stages.sft.checkpoint_every' must be > 0, or null for no resumable checkpoints; got 0.",
+    ),
+    "keep-checkpoints": (
+        ["stages.sft.keep_checkpoints=0"],
+        "Config key 'stages.sft.keep_checkpoints' must be >= 1, got 0.",
+    ),
+    "lr-scheduler-typo": (
+        ["stages.sft.lr_scheduler=cosin"],
+        "Config key 'stages.sft.lr_scheduler' must be one of linear, cosine,",
+    ),
+    "lr-scheduler-needs-evaluation": (
+        ["stages.sft.lr_scheduler=reduce_lr_on_plateau"],
+        "Config key 'stages.sft.lr_scheduler' must be one of",
+    ),
+    "report-to": (
+        ["stages.pretrain.report_to=[tensorbord]"],
+        "Config key 'stages.pretrain.report_to' names an unknown tracker 'tensorbord'. "
+        "Did you mean 'tensorboard'?",
+    ),
+    # sft, reward, dpo
+    "sft-max-length": (["stages.sft.max_length=0"], "Config key 'stages.sft.max_length' must be > 0, got 0."),
+    "sft-init-from": (
+        ["stages.sft.init_from="],
+        "Config key 'stages.sft.init_from' must name a stage, a model folder or a hub id",
+    ),
+    "reward-init-from": (
+        ["stages.reward.init_from="],
+        "Config key 'stages.reward.init_from' must name a stage, a model folder or a hub id",
+    ),
+    "reward-max-length": (
+        ["stages.reward.max_length=-1"],
+        "Config key 'stages.reward.max_length' must be > 0, got -1.",
+    ),
+    "reward-center-rewards": (
+        ["stages.reward.center_rewards_coefficient=-0.01"],
+        "Config key 'stages.reward.center_rewards_coefficient' must be >= 0, got -0.01.",
+    ),
+    "dpo-beta": (["stages.dpo.beta=0"], "Config key 'stages.dpo.beta' must be > 0, got 0.0."),
+    "dpo-max-length": (["stages.dpo.max_length=0"], "Config key 'stages.dpo.max_length' must be > 0, got 0."),
+    "dpo-init-from": (
+        ["stages.dpo.init_from="],
+        "Config key 'stages.dpo.init_from' must name a stage, a model folder or a hub id",
+    ),
+    "dpo-loss-type-typo": (
+        ["stages.dpo.loss_type=sigmod"],
+        "Config key 'stages.dpo.loss_type' must be one of sigmoid, hinge,",
+    ),
+    "dpo-loss-type-needs-label-smoothing": (
+        ["stages.dpo.loss_type=exo_pair"],
+        "got 'exo_pair'",
+    ),
+    # pretrain and its objectives
+    "clm-block-size": (
+        ["stages.pretrain.block_size=1"],
+        "Config key 'stages.pretrain.block_size' must be >= 2 for objective clm, got 1.",
+    ),
+    "mlm-nsp-block-size": (
+        [*PRETRAIN_MLM, "stages.pretrain.nsp=true", "stages.pretrain.block_size=4"],
+        "Config key 'stages.pretrain.block_size' must be >= 5 for objective mlm with nsp, got 4.",
+    ),
+    "block-size-beyond-positions": (
+        [*PRETRAIN_MLM, "stages.pretrain.block_size=256"],
+        "Config key 'stages.pretrain.block_size' (256) must be <= model.max_position_embeddings (128)",
+    ),
+    "noise-density": (
+        [*PRETRAIN_T5, "stages.pretrain.noise_density=0"],
+        "Config key 'stages.pretrain.noise_density' must be in (0, 1), got 0.0.",
+    ),
+    "mean-span-length": (
+        [*PRETRAIN_T5, "stages.pretrain.mean_span_length=0.5"],
+        "Config key 'stages.pretrain.mean_span_length' must be >= 1, got 0.5.",
+    ),
+    "mlm-probability-zero": (
+        [*PRETRAIN_MLM, "stages.pretrain.masking.probability=0"],
+        "Config key 'stages.pretrain.masking.probability' must be in (0, 1], got 0.0.",
+    ),
+    # task
+    "task-max-length": (
+        ["stages.task.max_length=0"],
+        "Config key 'stages.task.max_length' must be > 0, got 0.",
+    ),
+    "task-max-new-tokens": (
+        ["stages.task.max_new_tokens=0"],
+        "Config key 'stages.task.max_new_tokens' must be > 0, got 0.",
+    ),
+    "task-max-length-beyond-positions": (
+        ["stages.task.max_length=512"],
+        "Config key 'stages.task.max_length' (512) must be <= model.max_position_embeddings (128)",
+    ),
+    # evaluation
+    "eval-confidence-one": (
+        ["evaluation.confidence=1"],
+        "Config key 'evaluation.confidence' must be in (0, 1), got 1.0.",
+    ),
+    "eval-confidence-zero": (
+        ["evaluation.confidence=0"],
+        "Config key 'evaluation.confidence' must be in (0, 1), got 0.0.",
+    ),
+    "eval-bootstrap-resamples": (
+        ["evaluation.bootstrap_resamples=0"],
+        "Config key 'evaluation.bootstrap_resamples' must be > 0, got 0.",
+    ),
+    "eval-max-prompts": (
+        ["evaluation.max_prompts=0"],
+        "Config key 'evaluation.max_prompts' must be > 0, or null for all prompts; got 0.",
+    ),
+    "eval-n-examples": (
+        ["evaluation.n_examples=-1"],
+        "Config key 'evaluation.n_examples' must be >= 0, got -1.",
+    ),
+    "eval-seed": (["evaluation.seed=-3"], "Config key 'evaluation.seed' must be in [0, 2**32 - 1], got -3."),
+    "eval-baseline-empty": (
+        ["evaluation.baseline="],
+        "Config key 'evaluation.baseline' must name a stage, a model folder or a hub id",
+    ),
+    "eval-policy-source-empty": (
+        ["evaluation.policies.extra="],
+        "Config key 'evaluation.policies.extra' must name a stage, a model folder or a hub id.",
+    ),
+    # pipeline
+    "threads": (["threads=0"], "Config key 'threads' must be > 0, or null for all cores; got 0."),
+    "pipeline-seed": (["seed=-1"], "Config key 'seed' must be in [0, 2**32 - 1], got -1."),
+    "name-empty": (["name="], "Config key 'name' must not be empty"),
+}
+
+
+@pytest.mark.parametrize("overrides, expected", list(UP_FRONT.values()), ids=list(UP_FRONT))
+def test_value_a_stage_would_refuse_is_refused_at_load_time(overrides, expected):
+    assert expected in refused(*overrides)
+
+
+def test_suggestion_for_a_mistyped_choice():
+    assert "Did you mean 'cosine'?" in refused("stages.sft.lr_scheduler=cosin")
+    assert "Did you mean 'sigmoid'?" in refused("stages.dpo.loss_type=sigmod")
+
+
+def test_the_edges_of_each_range_a_user_may_set_are_accepted():
+    config = load(
+        "seed=0",
+        "threads=null",
+        "stages.sft.max_steps=-1",
+        "stages.sft.warmup_ratio=0",
+        "stages.sft.weight_decay=0",
+        "stages.sft.keep_checkpoints=1",
+        "stages.sft.checkpoint_every=null",
+        "stages.sft.seed=4294967295",
+        "stages.sft.lr_scheduler=cosine",
+        "stages.sft.report_to=[tensorboard]",
+        "stages.sft.lora.dropout=0",
+        "stages.sft.lora.target_modules=[q_proj]",
+        "stages.reward.center_rewards_coefficient=0",
+        "stages.pretrain.block_size=2",
+        "stages.pretrain.model.family=gpt2",
+        "stages.pretrain.model.hidden_size=60",  # an odd head size is fine without rotary embeddings
+        "stages.dpo.loss_type=ipo",
+        "stages.task.max_length=128",
+        "evaluation.confidence=0.9",
+        "evaluation.max_prompts=null",
+        "evaluation.n_examples=0",
+    )
+    assert config.stages["sft"].seed == 4294967295 and config.stages["dpo"].loss_type == "ipo"
+    # a model taken from a checkpoint is not held to the `model` block's position limit
+    assert (
+        load("stages.task.max_length=512", "stages.task.init_from=org/bert").stages["task"].max_length == 512
+    )
+
+
+def test_a_bad_value_stops_rlhf_run_before_anything_trains(tmp_path: Path, capsys):
+    import yaml
+
+    from pipeline.cli import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"text": "document {i} is short"}}\n' for i in range(20)))
+    stages = {
+        "pretrain": {"data": str(corpus), "max_steps": 1, "batch_size": 4, "warmup_ratio": 1.5},
+        "sft": {"init_from": "pretrain", "data": str(corpus)},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "bad", "stages": stages}))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(tmp_path / "c.yaml"), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "error: Config key 'stages.pretrain.warmup_ratio' must be in [0, 1), got 1.5." in err
+    assert "Traceback" not in err
+    assert not (run_dir / "pretrain").exists() and not (run_dir / "manifest.json").exists()
 
 
 def test_evaluation_value_names_its_section():

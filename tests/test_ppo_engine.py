@@ -153,28 +153,28 @@ def test_reward_is_read_and_placed_at_the_real_end_of_each_response():
 
 
 def test_sampling_stops_at_a_custom_stop_token_and_pads_after_it(base_model):
+    """The stop token is one the model is sure to produce: the third token of the first row's greedy response,
+    so that row must stop there (sampling at a low temperature follows the greedy path)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model).eval()
     query_ids, query_mask = prompts_batch(tokenizer)
-    stop = tokenizer.convert_tokens_to_ids(".")
-    rollout = sample(
-        model,
-        query_ids,
-        query_mask,
-        16,
-        5.0,
-        [stop],
-        tokenizer.pad_token_id,
-        torch.Generator().manual_seed(1),
-    )
+    pad = tokenizer.pad_token_id
+    free = sample(model, query_ids, query_mask, 16, 1.0, [tokenizer.eos_token_id], pad, greedy=True)
+    stop = int(free.response_ids[0, 2])
+    first = free.response_ids[0].tolist().index(stop)  # the token may already occur earlier in the row
+    assert stop not in (tokenizer.eos_token_id, pad)
+    rollout = sample(model, query_ids, query_mask, 16, 1e-4, [stop], pad, torch.Generator().manual_seed(1))
+    assert bool(rollout.ended[0]) and int(rollout.last_index[0]) == first
     for row in range(rollout.response_ids.shape[0]):
         tokens = rollout.response_ids[row].tolist()
         end = int(rollout.last_index[row])
         if rollout.ended[row]:
             assert tokens[end] == stop and stop not in tokens[:end]
-        assert all(t == tokenizer.pad_token_id for t in tokens[end + 1 :])
+        else:
+            assert stop not in tokens and end == len(tokens) - 1
+        assert all(t == pad for t in tokens[end + 1 :])
         assert rollout.response_mask[row].sum() == end + 1
 
 

@@ -108,20 +108,25 @@ def uninterrupted(tiny_run, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "stage,crash_at",
+    "stage,crash_at,by_time",
     [
-        ("pretrain", "train.step:6"),  # between checkpoints 4 and 8
-        ("sft", "train.step:7"),
-        ("ppo", "ppo.rollout:3"),  # mid-rollout: sampled, not yet scored
-        ("ppo", "ppo.update:3"),  # mid-update: the first minibatch already stepped the weights
-        ("ppo", "ppo.checkpoint:2"),  # while writing checkpoint 2: it must not be trusted
+        ("pretrain", "train.step:6", False),  # between checkpoints 4 and 8
+        ("sft", "train.step:7", False),
+        ("ppo", "ppo.rollout:3", False),  # mid-rollout: sampled, not yet scored
+        ("ppo", "ppo.update:3", False),  # mid-update: the first minibatch already stepped the weights
+        ("ppo", "ppo.checkpoint:2", False),  # while writing checkpoint 2: it must not be trusted
+        ("ppo", "ppo.update:3", True),  # the RL stage's default: no checkpoint_every, checkpoints by time
     ],
 )
-def test_a_killed_stage_resumes_to_the_same_result(stage, crash_at, tiny_run, uninterrupted, tmp_path):
+def test_a_killed_stage_resumes_to_the_same_result(
+    stage, crash_at, by_time, tiny_run, uninterrupted, tmp_path
+):
     import torch
 
     run_dir = tmp_path / "run"
     config = stage_config(tiny_run, stage)
+    if by_time:
+        del config["stages"][stage]["checkpoint_every"]
     killed = run_cli(config, run_dir, crash_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert json.loads((run_dir / "manifest.json").read_text())["stages"][stage]["status"] == "running"
@@ -133,6 +138,26 @@ def test_a_killed_stage_resumes_to_the_same_result(stage, crash_at, tiny_run, un
     assert final_metrics(run_dir, stage) == final_metrics(uninterrupted[stage], stage)
     ours, theirs = weights(run_dir, stage), weights(uninterrupted[stage], stage)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_rl_checkpoints_by_time_cost_at_most_their_overhead():
+    """The first checkpoint after step 1; then one whenever the time since the last write reaches its cost
+    divided by the overhead (a 0.5 s write at 5%: 10 s later); never at the last step."""
+    from stages.rl.checkpoint import CheckpointSchedule
+
+    now = [0.0]
+    schedule = CheckpointSchedule(None, 0.05, clock=lambda: now[0])
+    assert schedule.due(1, 10)
+    now[0] = 3.0
+    with schedule.writing():
+        now[0] = 3.5
+    now[0] = 13.4
+    assert not schedule.due(2, 10)
+    now[0] = 13.5
+    assert schedule.due(3, 10) and not schedule.due(10, 10)
+    assert not CheckpointSchedule(None, None).due(1, 10)
+    steps = CheckpointSchedule(4, 0.05)
+    assert [s for s in range(1, 13) if steps.due(s, 12)] == [4, 8]
 
 
 def test_a_truncated_newest_checkpoint_is_skipped_for_the_one_before(tiny_run, uninterrupted, tmp_path):

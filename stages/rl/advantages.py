@@ -13,7 +13,9 @@ from stages.rl.masking import masked_mean, masked_var
 def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
     """(x - mean) / sqrt(var + eps) over masked elements; var unbiased (as TRL, summarize_from_feedback).
 
-    shift_mean=False adds the mean back (rewards keep their sign; only the scale changes). 0 where mask == 0.
+    shift_mean=False adds the mean back: (x - mean) / std + mean, as TRL and OpenAI's lm-human-preferences
+    whiten rewards. That is not a rescaling: values can change sign ([-1, .5, 100] -> [32.58, 32.60, 34.32]).
+    0 where mask == 0.
     """
     mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
     mean, variance = masked_mean(x, mask), masked_var(x, mask, unbiased=True)

@@ -34,13 +34,25 @@ def global_mean(x: Tensor, weight: Tensor) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def global_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """`advantages.whiten` with the mean and (unbiased) variance taken over all processes."""
+def global_mean_and_var(x: Tensor, mask: Tensor) -> tuple[float, float]:
+    """Masked mean and unbiased variance over every process's elements (float64 sums)."""
     mean = global_mean(x, mask)
     sums = distributed.all_sum(torch.stack([(((x - mean) ** 2) * mask).sum(), mask.sum()]).double())
-    var = float(sums[0] / (sums[1] - 1).clamp(min=1))
+    return mean, float(sums[0] / (sums[1] - 1).clamp(min=1))
+
+
+def global_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """`advantages.whiten` with the mean and (unbiased) variance taken over all processes."""
+    mean, var = global_mean_and_var(x, mask)
     white = (x - mean) * (var + eps) ** -0.5
     return (white if shift_mean else white + mean) * mask
+
+
+def global_scale(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """x / sqrt(var + eps) over all processes, not re-centred: the baseline already subtracted stays the one
+    that shapes the advantages (a running or greedy baseline would otherwise become the batch mean)."""
+    _, var = global_mean_and_var(x, mask)
+    return x * (var + eps) ** -0.5 * mask
 
 
 def compute(
@@ -62,9 +74,14 @@ def compute(
     baseline: str = "batch",
     running: adv.RunningMeanBaseline | None = None,
     greedy_scores: Tensor | None = None,
+    greedy_kl: Tensor | None = None,
 ) -> Advantages:
     """`kl` is the per-token KL estimate [B, T] (zero where the KL is not a reward penalty), `scores` [B];
-    `mask` is zero on placeholder rows (row_weight 0), so they contribute to nothing."""
+    `mask` is zero on placeholder rows (row_weight 0), so they contribute to nothing. `greedy_kl` is the KL of
+    the greedy responses (ReMax's baseline), which are shaped like the samples: score - kl_coef * sum(KL).
+
+    Whitening re-centres on the batch mean, except after a running or greedy baseline, where it only scales
+    (re-centring would replace that baseline with the batch mean)."""
     if algorithm == "ppo":
         rewards = -kl_coef * kl + place_sequence_reward(scores, last_index, mask.shape[1])
         if whiten_rewards:
@@ -78,11 +95,14 @@ def compute(
     if algorithm == "rloo":
         per_sequence = adv.leave_one_out_advantages(sequence_rewards, group_size)
     elif baseline == "greedy":
-        per_sequence = adv.greedy_baseline_advantages(sequence_rewards, greedy_scores)
+        greedy_rewards = greedy_scores if greedy_kl is None else greedy_scores - kl_coef * greedy_kl.sum(1)
+        per_sequence = adv.greedy_baseline_advantages(sequence_rewards, greedy_rewards)
     elif baseline == "running":
         per_sequence = running.advantages(sequence_rewards, global_mean(sequence_rewards, row_weight))
     else:
         per_sequence = sequence_rewards - global_mean(sequence_rewards, row_weight)
-    if whiten_advantages:
+    if whiten_advantages and algorithm == "reinforce" and baseline in ("running", "greedy"):
+        per_sequence = global_scale(per_sequence, row_weight)
+    elif whiten_advantages:
         per_sequence = global_whiten(per_sequence, row_weight)
     return Advantages(per_sequence[:, None] * mask, None)

@@ -4,8 +4,11 @@ and minibatch order are seeded by step, so they need no state)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,37 @@ def load(folder: Path, models: dict[str, torch.nn.Module], optimizer) -> Trainin
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     return TrainingState(**json.loads((folder / "state.json").read_text()))
+
+
+class CheckpointSchedule:
+    """When to write a resumable checkpoint: every `every` steps when set; otherwise by time, as often as
+    keeps writing them under `overhead` of the stage's time. The first is written after step 1 (which
+    measures what a write costs); each next one once the time since the last write ended reaches
+    cost / overhead. Never at the last step: the stage's output follows at once."""
+
+    def __init__(
+        self, every: int | None, overhead: float | None, clock: Callable[[], float] = time.monotonic
+    ):
+        self.every, self.overhead, self.clock = every, overhead, clock
+        self.cost: float | None = None  # seconds the last write took
+        self.last_end = 0.0
+
+    def due(self, step: int, last_step: int) -> bool:
+        if step >= last_step:
+            return False
+        if self.every:
+            return step % self.every == 0
+        if self.overhead is None:
+            return False
+        return self.cost is None or self.clock() - self.last_end >= self.cost / self.overhead
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a checkpoint's write: remembers what it cost."""
+        start = self.clock()
+        yield
+        self.last_end = self.clock()
+        self.cost = self.last_end - start
 
 
 def resume_point(work_dir: Path, stage: str) -> Path | None:

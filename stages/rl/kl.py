@@ -27,6 +27,14 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Ten
     return torch.expm1(-log_ratio) + log_ratio
 
 
+def masked_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kind: str = "k1") -> Tensor:
+    """`kl_estimate` where mask == 1 and exactly 0 elsewhere, selected rather than multiplied: a -inf or NaN
+    log-probability at a padded slot would otherwise make the row's sum (and an adaptive KL coefficient)
+    NaN."""
+    estimate = kl_estimate(logprobs, ref_logprobs, kind)
+    return torch.where(mask.bool(), estimate, torch.zeros_like(estimate))
+
+
 class FixedKLController:
     """A constant KL coefficient beta; `update` is a no-op so both controllers are interchangeable."""
 

@@ -82,7 +82,13 @@ def clipped_value_loss(
 
 
 def kl_loss_term(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kind: str = "k3") -> Tensor:
-    """masked_mean(kl_estimate(logprobs, ref_logprobs, kind)): KL(pi || pi_ref) as a loss term, GRPO style."""
+    """masked_mean(kl_estimate(logprobs, ref_logprobs, kind)): a KL penalty as a loss term, GRPO style.
+
+    Its value estimates KL(pi || pi_ref), but on samples of pi its expected *gradient* depends on the
+    estimator: k3 (the default, as in GRPO and TRL) gives the gradient of the forward KL(pi_ref || pi); k2
+    gives that of the reverse KL(pi || pi_ref); k1 gives zero (the config refuses it here). Later PPO epochs
+    reuse samples of pi_old with no importance weight on this term, as TRL does by default.
+    """
     per_token = kl_estimate(_zero_masked(logprobs, mask), _zero_masked(ref_logprobs, mask), kind)
     return masked_mean(per_token, mask)
 

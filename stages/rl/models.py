@@ -20,22 +20,31 @@ from pipeline.models import backbone, load_model, without_peft_wrapper
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    """PPO's ratio must be exactly 1 before an update: dropout in the update passes would break that."""
+    """PPO's ratio must be exactly 1 before an update: dropout in the update passes would break that.
+
+    Dropout comes as modules (`nn.Dropout`, LoRA's dropout) and as plain float attributes that attention
+    reads when training (Llama and Qwen2: `dropout=0.0 if not self.training else self.attention_dropout`):
+    both are zeroed. The config is left as it is, so saved models keep the family's settings."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
     return model
 
 
-def build_policy(source: str, lora: LoraConfig, trust_remote_code: bool = False) -> torch.nn.Module:
-    policy = disable_dropout(load_model("AutoModelForCausalLM", source, trust_remote_code))
+def build_policy(
+    source: str, lora: LoraConfig, trust_remote_code: bool = False, dtype: str = "float32"
+) -> torch.nn.Module:
+    policy = load_model("AutoModelForCausalLM", source, trust_remote_code, dtype)
     if lora.enabled:
         from peft import get_peft_model
 
         from stages.hf_trainer import peft_config
 
         policy = get_peft_model(policy, peft_config(lora, "CAUSAL_LM"))
-    return policy
+    return disable_dropout(policy)  # after peft: its LoRA dropout modules exist only now
 
 
 def build_reference(policy: torch.nn.Module) -> torch.nn.Module | None:
@@ -56,11 +65,11 @@ def reference_mode(policy: torch.nn.Module, reference: torch.nn.Module | None) -
 
 
 def build_value_model(
-    source: str, from_reward_model: bool, trust_remote_code: bool = False
+    source: str, from_reward_model: bool, trust_remote_code: bool = False, dtype: str = "float32"
 ) -> torch.nn.Module:
     """A scalar head on a backbone: the reward model's (head included) or the policy's (head zeroed)."""
     model = disable_dropout(
-        load_model("AutoModelForSequenceClassification", source, trust_remote_code, num_labels=1)
+        load_model("AutoModelForSequenceClassification", source, trust_remote_code, dtype, num_labels=1)
     )
     if not from_reward_model:
         torch.nn.init.zeros_(model.score.weight)

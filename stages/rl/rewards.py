@@ -55,6 +55,11 @@ class RunningMoments:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
+def penalize_unfinished(scores: torch.Tensor, ended: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """Subtract `penalty` from the score of every response that never produced a stop token (None: off)."""
+    return scores if penalty is None else torch.where(ended, scores, scores - penalty)
+
+
 class RewardMix:
     def __init__(self, sources: list[RewardSource], clip: float | None, normalize: bool):
         self.sources, self.clip, self.normalize = sources, clip, normalize

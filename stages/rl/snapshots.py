@@ -11,6 +11,7 @@ import torch
 
 from reward_models import FunctionReward
 from stages.outputs import save_with_adapter
+from stages.rl.kl import masked_kl
 from stages.rl.rewards import RewardMix
 from stages.rl.rollout import batched_response_logprobs, sample
 
@@ -61,7 +62,7 @@ class Snapshotter:
             "step": step,
             "episodes": episodes,
             "rewards": rewards,
-            "kl": float(((logprobs - ref_logprobs) * rollout.response_mask).sum(1).mean()),
+            "kl": float(masked_kl(logprobs, ref_logprobs, rollout.response_mask, "k1").sum(1).mean()),
             "response_length": float(rollout.response_mask.sum(1).mean()),
             "path": None,
         }

@@ -21,7 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import distributed
-from pipeline.config import LoraConfig, StageConfig, check_positive, input_field
+from pipeline.config import (
+    LoraConfig,
+    StageConfig,
+    check_at_least,
+    check_positive,
+    check_positive_if_set,
+    check_range,
+    input_field,
+)
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
@@ -33,7 +41,7 @@ from stages.base import StageContext, StageResult
 from stages.outputs import logs_dir, save_with_adapter
 from stages.rl import algorithms, checkpoint
 from stages.rl.advantages import RunningMeanBaseline
-from stages.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from stages.rl.kl import AdaptiveKLController, FixedKLController, masked_kl
 from stages.rl.models import (
     SharedValueHead,
     backbone_and_lm_head,
@@ -42,7 +50,7 @@ from stages.rl.models import (
     build_value_model,
     reference_mode,
 )
-from stages.rl.rewards import build_reward_mix
+from stages.rl.rewards import RewardMix, build_reward_mix, penalize_unfinished
 from stages.rl.rollout import (
     Rollout,
     SamplingNoise,
@@ -88,16 +96,22 @@ class Config(StageConfig):
     clip_range: float = 0.2
     value_clip_range: float = 0.2
     vf_coef: float = 0.1
-    whiten_rewards: bool = False  # PPO: scale token rewards by their std
-    whiten_advantages: bool = True  # PPO, RLOO, REINFORCE (GRPO's group normalisation already scales)
+    whiten_rewards: bool = False  # PPO: (r - mean) / std + mean over the batch's token rewards, as TRL does
+    # PPO, RLOO, REINFORCE: (A - mean) / std over the batch (GRPO's group normalisation already scales). After
+    # REINFORCE's running or greedy baseline it only divides by the std, so that baseline stays the one used.
+    whiten_advantages: bool = True
     scale_rewards: bool = True  # GRPO: divide by the group's std
     baseline: Literal["batch", "running", "greedy"] = "batch"  # REINFORCE
-    baseline_momentum: float = 0.9
+    baseline_momentum: float = 0.9  # running baseline: b <- momentum * b + (1 - momentum) * batch mean
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses that never stop
     lora: LoraConfig = field(default_factory=LoraConfig)
     log_every: int = 1
-    checkpoint_every: int | None = None  # RL steps between resumable checkpoints
-    keep_checkpoints: int = 2
+    checkpoint_every: int | None = None  # RL steps between resumable checkpoints; None: by time (below)
+    # With checkpoint_every unset, a checkpoint is written after step 1 and then whenever the time since the
+    # last one reaches its write time / checkpoint_overhead: as often as costs at most this fraction of the
+    # stage's time (a 3 s write: every minute). null (and no checkpoint_every): no checkpoints.
+    checkpoint_overhead: float | None = 0.05
+    keep_checkpoints: int = 2  # newest verified checkpoints kept (the older one is the fallback)
     skip_nonfinite: bool = False  # skip a minibatch whose loss is NaN/inf instead of stopping
     eval_every: int | None = None  # RL steps between evaluation snapshots on held-out prompts
     eval_prompts: str | None = None  # {"prompt"} rows for the snapshots (the first eval_max_prompts)
@@ -106,6 +120,7 @@ class Config(StageConfig):
     save_snapshot_weights: bool = True  # keep the policy of each snapshot (to pick the best one)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive(
             self,
             "total_episodes",
@@ -116,8 +131,24 @@ class Config(StageConfig):
             "lr",
             "temperature",
             "max_new_tokens",
-            "checkpoint_every",
+            "max_prompt_length",
+            "max_grad_norm",
+            "clip_range",
+            "value_clip_range",
+            "kl_target",
+            "kl_horizon",
+            "reward_clip",
+            "log_every",
+            "keep_checkpoints",
+            "eval_max_prompts",
         )
+        check_positive_if_set(self, "checkpoint_every", "checkpoints by checkpoint_overhead")
+        check_positive_if_set(self, "eval_every", "no evaluation snapshots")
+        check_range(self, "gamma", 0.0, 1.0, high_open=False)
+        check_range(self, "lam", 0.0, 1.0, high_open=False)
+        check_range(self, "baseline_momentum", 0.0, 1.0)  # 1 would never move from the first batch's mean
+        check_range(self, "checkpoint_overhead", 0.0, 1.0, low_open=True)
+        check_at_least(self, 0.0, "kl_coef", "vf_coef")
         if (self.batch_size * self.group_size) % self.minibatch_size:
             raise ConfigError(
                 f"batch_size x group_size ({self.batch_size} x {self.group_size}) must be "
@@ -261,7 +292,7 @@ def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snap
 
 def build_models(cfg: Config, ctx: StageContext, tokenizer, device):
     """Policy (+ frozen reference, or none with LoRA), reward sources, and PPO's value model."""
-    policy = build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code).to(device)
+    policy = build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code, cfg.dtype).to(device)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     reference = build_reference(policy)
@@ -287,10 +318,49 @@ def build_models(cfg: Config, ctx: StageContext, tokenizer, device):
                 "start a value head that reads policy tokens: set value_init: policy."
             )
         value_model = build_value_model(
-            rm_path if from_rm else ctx.inputs["policy"], from_rm, cfg.trust_remote_code
+            rm_path if from_rm else ctx.inputs["policy"], from_rm, cfg.trust_remote_code, cfg.dtype
         ).to(device)
         value_model.config.pad_token_id = tokenizer.pad_token_id
     return policy, reference, rewards, value_model
+
+
+def reference_logprobs(policy, reference, rollout: Rollout, temperature: float, chunk: int) -> torch.Tensor:
+    with reference_mode(policy, reference) as ref_model:
+        return batched_response_logprobs(ref_model, rollout, temperature, chunk)
+
+
+def greedy_baseline(
+    cfg: Config,
+    policy,
+    reference,
+    rewards: RewardMix,
+    tokenizer,
+    prompts: list[str],
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    stop_ids: list[int],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ReMax's baseline: the greedy response to each prompt, scored like the samples (the same reward sources
+    and missing-EOS penalty) and, when the KL is a reward penalty, with its per-token KL to the reference."""
+    greedy = sample(
+        policy,
+        query_ids,
+        query_mask,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        stop_ids,
+        tokenizer.pad_token_id,
+        greedy=True,
+    )
+    text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
+    raw = rewards.score(greedy, prompts, text, tokenizer.eos_token_id, update=False)["total"]
+    scores = penalize_unfinished(raw.to(query_ids.device), greedy.ended, cfg.missing_eos_penalty)
+    if cfg.kl_is_loss or cfg.kl_coef == 0:
+        return scores, None
+    chunk = cfg.batch_size * cfg.group_size
+    logprobs = batched_response_logprobs(policy, greedy, cfg.temperature, chunk)
+    ref = reference_logprobs(policy, reference, greedy, cfg.temperature, chunk)
+    return scores, masked_kl(logprobs, ref, greedy.response_mask, cfg.kl_estimator)
 
 
 def local_prompts(batch: list[str], group_size: int) -> tuple[list[str], torch.Tensor, slice]:
@@ -378,6 +448,7 @@ def run(ctx: StageContext) -> StageResult:
     if snapshots is not None and first_step == 1:
         snapshots.take(0, 0, policy.eval(), reference_context, pad)
 
+    schedule = checkpoint.CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_overhead)
     health = HealthMonitor()
     health.check(history)  # after a resume: do not repeat warnings already given
     started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
@@ -418,17 +489,12 @@ def run(ctx: StageContext) -> StageResult:
             else:
                 old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
                 old_values = values_of(value_model, rollout) if value_model is not None else None
-            with reference_mode(policy, reference) as ref_model:
-                ref_logprobs = batched_response_logprobs(
-                    ref_model, rollout, cfg.temperature, episodes_per_step
-                )
+            ref_logprobs = reference_logprobs(policy, reference, rollout, cfg.temperature, episodes_per_step)
 
         # 4. score: every reward source, then the penalty for responses that never stop
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         scored = rewards.score(rollout, batch_prompts, completions, tokenizer.eos_token_id, weight=row_weight)
-        scores = scored["total"].to(device)
-        if cfg.missing_eos_penalty is not None:
-            scores = torch.where(rollout.ended, scores, scores - cfg.missing_eos_penalty)
+        scores = penalize_unfinished(scored["total"].to(device), rollout.ended, cfg.missing_eos_penalty)
         if (
             not distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all())))
             == distributed.world_size()
@@ -437,26 +503,15 @@ def run(ctx: StageContext) -> StageResult:
                 f"Stage '{ctx.name}': a reward is NaN/inf at RL step {step}; stopped before updating "
                 f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
             )
-        greedy_scores = None
+        greedy_scores = greedy_kl = None
         if cfg.algorithm == "reinforce" and cfg.baseline == "greedy":
             with torch.no_grad(), autocast():
-                greedy = sample(
-                    policy,
-                    query_ids,
-                    query_mask,
-                    cfg.max_new_tokens,
-                    cfg.temperature,
-                    stop_ids,
-                    tokenizer.pad_token_id,
-                    greedy=True,
+                greedy_scores, greedy_kl = greedy_baseline(
+                    cfg, policy, reference, rewards, tokenizer, batch_prompts, query_ids, query_mask, stop_ids
                 )
-            greedy_text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-            greedy_scores = rewards.score(
-                greedy, batch_prompts, greedy_text, tokenizer.eos_token_id, update=False
-            )["total"].to(device)
 
         # 5. advantages: the KL to the reference as a per-token penalty, or (kl_in_loss) a loss term
-        kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl_estimator) * mask
+        kl = masked_kl(old_logprobs, ref_logprobs, mask, cfg.kl_estimator)
         kl_coef = kl_ctl.value  # the coefficient that shapes this step
         weight = row_weight.to(device)
         result = algorithms.compute(
@@ -477,6 +532,7 @@ def run(ctx: StageContext) -> StageResult:
             baseline=cfg.baseline,
             running=running,
             greedy_scores=greedy_scores,
+            greedy_kl=greedy_kl,
         )
 
         # 6. clipped updates over minibatches of the global batch
@@ -531,21 +587,23 @@ def run(ctx: StageContext) -> StageResult:
         if snapshots is not None and (step % cfg.eval_every == 0 or step == steps):
             snap = snapshots.take(step, step * episodes_per_step, policy.eval(), reference_context, pad)
             accelerator.log({f"eval/{k}": v for k, v in snap["rewards"].items()}, step=step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps:
+        # the main process's clock decides, so that every process writes (and waits) at the same steps
+        if distributed.all_sum(torch.tensor(float(distributed.is_main() and schedule.due(step, steps)))) > 0:
             folder = checkpoint.checkpoint_folder(ctx.work_dir, step)
-            if distributed.is_main():
-                extra = {
-                    "running_baseline": running.state_dict(),
-                    "reward_moments": rewards.moments.state_dict(),
-                    "snapshots": snapshots.records if snapshots is not None else [],
-                }
-                state = checkpoint.TrainingState(
-                    step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
-                )
-                checkpoint.save(folder, state, trained, optimizer)
-                checkpoint.keep_newest(ctx.work_dir, cfg.keep_checkpoints)
+            with schedule.writing():
+                if distributed.is_main():
+                    extra = {
+                        "running_baseline": running.state_dict(),
+                        "reward_moments": rewards.moments.state_dict(),
+                        "snapshots": snapshots.records if snapshots is not None else [],
+                    }
+                    state = checkpoint.TrainingState(
+                        step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
+                    )
+                    checkpoint.save(folder, state, trained, optimizer)
+                    checkpoint.keep_newest(ctx.work_dir, cfg.keep_checkpoints)
+                distributed.barrier()
             last_checkpoint = str(folder)
-            distributed.barrier()
 
     # 8. save the policy (LoRA merged; the adapter kept beside it)
     if distributed.is_main():
