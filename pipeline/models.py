@@ -255,8 +255,10 @@ def load_model(
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"Could not load {auto_class} from '{source}': {exc}") from exc
     if dtype == "bfloat16":
-        log(f"note: {auto_class} from '{source}' held in pure bfloat16 (dtype: bfloat16): no float32 master "
-            "weights, so updates smaller than ~1/256 of a weight are rounded away")
+        log(
+            f"note: {auto_class} from '{source}' held in pure bfloat16 (dtype: bfloat16): no float32 master "
+            "weights, so updates smaller than ~1/256 of a weight are rounded away"
+        )
     return model
 
 
