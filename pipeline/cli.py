@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("overrides", nargs="*", metavar="key.path=value")
     cmp.add_argument(
         "--algorithms",
-        default="ppo,grpo,rloo,reinforce,dpo",
-        help="comma-separated: ppo, grpo, rloo, reinforce, dpo (default: all)",
+        help="comma-separated registered RL algorithms and dpo (default: those the config's compare section "
+        "names, else all)",
     )
     cmp.add_argument("--run-dir", help="default: runs/<name>-compare")
     cmp.set_defaults(handler=cmd_compare)
@@ -238,12 +238,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import compare, format_table
+    from pipeline.compare import choices, compare, format_table
     from pipeline.config import load_config
 
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/{config.pipeline.name}-compare")
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if args.algorithms:
+        algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    else:
+        algorithms = list(config.pipeline.compare) or choices()
     print(format_table(compare(config, algorithms, run_dir)))
     print(f"\nTable: {run_dir / 'compare' / 'compare.md'}")
     return 0

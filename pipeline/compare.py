@@ -14,7 +14,13 @@ from pipeline.errors import ConfigError
 from pipeline.rundir import atomic_write_json, atomic_write_text
 
 RL_KINDS = ("rl", "ppo")
-CHOICES = ("ppo", "grpo", "rloo", "reinforce", "dpo")
+
+
+def choices() -> list[str]:
+    """Every registered RL algorithm, and DPO."""
+    from stages.rl.registry import known_algorithms
+
+    return [*known_algorithms(), "dpo"]
 
 
 def comparison_config(config: ResolvedConfig, algorithms: list[str]) -> ResolvedConfig:
@@ -23,9 +29,9 @@ def comparison_config(config: ResolvedConfig, algorithms: list[str]) -> Resolved
     Each RL variant copies the config's RL stage block with `algorithm` set and `compare.<algorithm>`
     applied on top; DPO starts from the RL stage's policy on the reward stage's preference data.
     """
-    unknown = [a for a in algorithms if a not in CHOICES]
+    unknown = [a for a in algorithms if a not in choices()]
     if unknown:
-        raise ConfigError(f"Unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(CHOICES)}.")
+        raise ConfigError(f"Unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(choices())}.")
     raw = copy.deepcopy(config.raw)
     stages: dict[str, Any] = raw["stages"]
     rl_names = [n for n, cfg in config.stages.items() if cfg.kind in RL_KINDS]

@@ -175,20 +175,21 @@ def test_the_first_update_ratio_is_one_with_dropout_in_the_config(tokenizer, tmp
 
 
 # ---------------------------------------------------------------- M3 and L3: REINFORCE baselines
-def reinforce(scores, **kwargs):
+def reinforce(scores, baseline="batch", **kwargs):
+    from types import SimpleNamespace
+
     rows = len(scores)
-    mask = torch.ones(rows, 3)
-    return algorithms.compute(
-        "reinforce",
+    batch = algorithms.ScoredBatch(
         torch.tensor(scores),
         kwargs.pop("kl", torch.zeros(rows, 3)),
         kwargs.pop("kl_coef", 0.0),
-        mask,
+        torch.ones(rows, 3),
         torch.full((rows,), 2),
         torch.ones(rows),
-        whiten_advantages=True,
         **kwargs,
-    ).advantages[:, 0]
+    )
+    cfg = SimpleNamespace(baseline=baseline, whiten_advantages=True)
+    return algorithms.reinforce_baselines(batch, cfg).advantages[:, 0]
 
 
 def test_a_running_baseline_is_not_re_centred_by_whitening():

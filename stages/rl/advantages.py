@@ -4,25 +4,57 @@ and the REINFORCE baselines (batch mean, running mean, greedy/ReMax), plus white
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from stages.rl.masking import masked_mean, masked_var
+Reduce = Callable[[Tensor], Tensor]  # sums a tensor over processes (torch.distributed); identity for one
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def _local(total: Tensor) -> Tensor:
+    return total
+
+
+def mean_and_var(x: Tensor, mask: Tensor, reduce: Reduce = _local) -> tuple[float, float]:
+    """Masked mean and unbiased variance, from float64 sums that `reduce` adds up over processes."""
+    mask = mask.bool()
+    values = torch.where(mask, x, torch.zeros_like(x)).double()
+    sums = reduce(torch.stack([values.sum(), mask.sum().double()]))
+    mean = float(sums[0] / sums[1].clamp(min=1))
+    centered = torch.where(mask, x.double() - mean, torch.zeros_like(values))
+    sums = reduce(torch.stack([(centered**2).sum(), mask.sum().double()]))
+    return mean, float(sums[0] / (sums[1] - 1).clamp(min=1))
+
+
+def whiten(
+    x: Tensor,
+    mask: Tensor | None = None,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    reduce: Reduce = _local,
+) -> Tensor:
     """(x - mean) / sqrt(var + eps) over masked elements; var unbiased (as TRL, summarize_from_feedback).
+    The statistics are over every process's elements when `reduce` sums over processes.
 
     shift_mean=False adds the mean back: (x - mean) / std + mean, as TRL and OpenAI's lm-human-preferences
     whiten rewards. That is not a rescaling: values can change sign ([-1, .5, 100] -> [32.58, 32.60, 34.32]).
     0 where mask == 0.
     """
     mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
-    mean, variance = masked_mean(x, mask), masked_var(x, mask, unbiased=True)
-    whitened = (x - mean) * torch.rsqrt(variance + eps)
+    mean, variance = mean_and_var(x, mask, reduce)
+    whitened = (x - mean) * (variance + eps) ** -0.5
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask, whitened, torch.zeros_like(whitened))
+
+
+def scale(x: Tensor, mask: Tensor, eps: float = 1e-8, reduce: Reduce = _local) -> Tensor:
+    """x / sqrt(var + eps), not re-centred: a baseline already subtracted (running, greedy) stays the one
+    that shapes the advantages. 0 where mask == 0."""
+    mask = mask.bool()
+    _, variance = mean_and_var(x, mask, reduce)
+    return torch.where(mask, x * (variance + eps) ** -0.5, torch.zeros_like(x))
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:

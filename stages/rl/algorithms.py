@@ -1,10 +1,18 @@
-"""The one place the RL algorithms differ: how a rollout's rewards become per-token advantages.
+"""The RL family, registered by name: how each algorithm turns a scored rollout into per-token advantages,
+and which policy loss and loss aggregation it trains with.
 
-  ppo        token rewards (per-token KL penalty + score on the last real token) -> GAE with a value head
-  grpo       score normalised within each prompt's group of samples (Shao et al., 2024); KL in the loss
-  rloo       score minus the mean of the other samples of the same prompt (Ahmadian et al., 2024)
-  reinforce  score minus a baseline: the batch mean, a running mean, or the greedy response (ReMax)
-Sequence-level advantages are given to every token of the response, as those papers do.
+  ppo                    token rewards (per-token KL penalty + score on the last real token) -> GAE, whitened
+  grpo                   score normalised within each prompt's group (Shao et al., 2024); KL in the loss
+  dapo                   GRPO's advantages, clip-higher, dynamic sampling, overlong shaping (Yu et al., 2025)
+  dr_grpo                group-centred score, no std, constant loss normaliser (Liu et al., 2025)
+  gspo                   GRPO's advantages, sequence-level ratio and clipping (Zheng et al., 2025)
+  cispo                  GRPO's advantages, clipped importance weight on every token (MiniMax, 2025)
+  rloo                   score minus the mean of the other samples of the prompt (Ahmadian et al., 2024)
+  reinforce              score minus a baseline: batch mean, running mean or greedy response (ReMax)
+  reinforce_pp           REINFORCE++: per-token KL in the reward, returns normalised over the batch (Hu, 2025)
+  reinforce_pp_baseline  REINFORCE++-baseline: group-mean baseline, then normalised over the batch
+Sequence-level advantages are given to every token of the response, as those papers do. Statistics over the
+batch (whitening, batch means) are taken over every process's rows: `reduce` sums over processes.
 """
 
 from __future__ import annotations
@@ -16,16 +24,39 @@ from torch import Tensor
 
 from pipeline import distributed
 from stages.rl import advantages as adv
+from stages.rl.losses import clipped_importance_weight, ppo_clip, sequence_clip  # noqa: F401 (registers)
 from stages.rl.masking import place_sequence_reward
-
-ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce")
-KL_IN_LOSS_BY_DEFAULT = {"ppo": False, "grpo": True, "rloo": False, "reinforce": False}
+from stages.rl.registry import Advantages, Algorithm, register_advantage, register_algorithm
 
 
 @dataclass
-class Advantages:
-    advantages: Tensor  # [B, T], zero on padding
-    returns: Tensor | None  # [B, T] value targets (PPO only)
+class ScoredBatch:
+    """What an advantage estimator reads: one rollout batch, scored. Placeholder rows (a process without
+    prompts) have row_weight 0 and an all-zero mask, so they contribute to nothing."""
+
+    scores: Tensor  # [B] sequence scores, penalties included
+    kl: Tensor  # [B, T] per-token KL estimate to the reference, 0 on padding
+    kl_coef: float  # weight of `kl` as a reward penalty (0 when the KL is a loss term)
+    mask: Tensor  # [B, T]
+    last_index: Tensor  # [B] index of each response's real last token
+    row_weight: Tensor  # [B]
+    group_size: int = 1  # consecutive rows are samples of one prompt; groups never straddle processes
+    values: Tensor | None = None  # [B, T] V(s_t) of a value model
+    greedy_scores: Tensor | None = None  # [B] ReMax baseline: the greedy response's score
+    greedy_kl: Tensor | None = None  # [B, T'] and its per-token KL
+    running: adv.RunningMeanBaseline | None = None  # REINFORCE's running-mean state
+
+    def sequence_rewards(self) -> Tensor:
+        """score - kl_coef * sum_t KL_t: the KL penalty of the whole response."""
+        return self.scores - self.kl_coef * self.kl.sum(1)
+
+    def token_rewards(self, scores: Tensor | None = None) -> Tensor:
+        """-kl_coef * KL_t on every token, plus the score (or `scores`) on the last real token."""
+        scores = self.scores if scores is None else scores
+        return -self.kl_coef * self.kl + place_sequence_reward(scores, self.last_index, self.mask.shape[1])
+
+    def per_token(self, per_sequence: Tensor) -> Tensor:
+        return per_sequence[:, None] * self.mask
 
 
 def global_mean(x: Tensor, weight: Tensor) -> float:
@@ -34,75 +65,152 @@ def global_mean(x: Tensor, weight: Tensor) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def global_mean_and_var(x: Tensor, mask: Tensor) -> tuple[float, float]:
-    """Masked mean and unbiased variance over every process's elements (float64 sums)."""
-    mean = global_mean(x, mask)
-    sums = distributed.all_sum(torch.stack([(((x - mean) ** 2) * mask).sum(), mask.sum()]).double())
-    return mean, float(sums[0] / (sums[1] - 1).clamp(min=1))
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    return adv.whiten(x, mask, shift_mean=shift_mean, reduce=distributed.all_sum)
 
 
-def global_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """`advantages.whiten` with the mean and (unbiased) variance taken over all processes."""
-    mean, var = global_mean_and_var(x, mask)
-    white = (x - mean) * (var + eps) ** -0.5
-    return (white if shift_mean else white + mean) * mask
+# ---------------------------------------------------------------- advantage estimators
+@register_advantage("gae")
+def gae_advantages(batch: ScoredBatch, cfg) -> Advantages:
+    """PPO (Ziegler et al., 2019): r_t = -beta * KL_t (+ score at the last token); A = GAE(gamma, lambda)
+    with the value head; value targets = A + V; A whitened over the batch."""
+    rewards = batch.token_rewards()
+    if cfg.whiten_rewards:
+        rewards = whiten(rewards, batch.mask, shift_mean=False)
+    advantages, returns = adv.gae(rewards, batch.values * batch.mask, batch.mask, cfg.gamma, cfg.lam)
+    return Advantages(whiten(advantages, batch.mask) if cfg.whiten_advantages else advantages, returns)
 
 
-def global_scale(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """x / sqrt(var + eps) over all processes, not re-centred: the baseline already subtracted stays the one
-    that shapes the advantages (a running or greedy baseline would otherwise become the batch mean)."""
-    _, var = global_mean_and_var(x, mask)
-    return x * (var + eps) ** -0.5 * mask
+@register_advantage("group_normalized")
+def group_normalized(batch: ScoredBatch, cfg) -> Advantages:
+    """GRPO: A_i = (R_i - mean(R_group)) / (std(R_group) + 1e-4), std unbiased; no std with
+    `scale_rewards: false`. R = score - beta * sum KL (0 when the KL is in the loss)."""
+    per_sequence = adv.group_normalized_advantages(
+        batch.sequence_rewards(), batch.group_size, scale=cfg.scale_rewards
+    )
+    return Advantages(batch.per_token(per_sequence))
 
 
-def compute(
-    algorithm: str,
-    scores: Tensor,
-    kl: Tensor,
-    kl_coef: float,
-    mask: Tensor,
-    last_index: Tensor,
-    row_weight: Tensor,
-    *,
-    values: Tensor | None = None,
-    gamma: float = 1.0,
-    lam: float = 0.95,
-    group_size: int = 1,
-    scale_rewards: bool = True,
-    whiten_advantages: bool = True,
-    whiten_rewards: bool = False,
-    baseline: str = "batch",
-    running: adv.RunningMeanBaseline | None = None,
-    greedy_scores: Tensor | None = None,
-    greedy_kl: Tensor | None = None,
-) -> Advantages:
-    """`kl` is the per-token KL estimate [B, T] (zero where the KL is not a reward penalty), `scores` [B];
-    `mask` is zero on placeholder rows (row_weight 0), so they contribute to nothing. `greedy_kl` is the KL of
-    the greedy responses (ReMax's baseline), which are shaped like the samples: score - kl_coef * sum(KL).
+@register_advantage("group_centered")
+def group_centered(batch: ScoredBatch, cfg) -> Advantages:
+    """Dr. GRPO: A_i = R_i - mean(R_group), with no division by the group's std (which up-weights groups
+    that are nearly all right or all wrong: a question-difficulty bias)."""
+    per_sequence = adv.group_normalized_advantages(batch.sequence_rewards(), batch.group_size, scale=False)
+    return Advantages(batch.per_token(per_sequence))
 
-    Whitening re-centres on the batch mean, except after a running or greedy baseline, where it only scales
-    (re-centring would replace that baseline with the batch mean)."""
-    if algorithm == "ppo":
-        rewards = -kl_coef * kl + place_sequence_reward(scores, last_index, mask.shape[1])
-        if whiten_rewards:
-            rewards = global_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = adv.gae(rewards, values * mask, mask, gamma, lam)
-        return Advantages(global_whiten(advantages, mask) if whiten_advantages else advantages, returns)
-    sequence_rewards = scores - kl_coef * kl.sum(1)
-    if algorithm == "grpo":  # groups never straddle processes: prompts are sharded whole
-        per_sequence = adv.group_normalized_advantages(sequence_rewards, group_size, scale=scale_rewards)
-        return Advantages(per_sequence[:, None] * mask, None)
-    if algorithm == "rloo":
-        per_sequence = adv.leave_one_out_advantages(sequence_rewards, group_size)
-    elif baseline == "greedy":
-        greedy_rewards = greedy_scores if greedy_kl is None else greedy_scores - kl_coef * greedy_kl.sum(1)
-        per_sequence = adv.greedy_baseline_advantages(sequence_rewards, greedy_rewards)
-    elif baseline == "running":
-        per_sequence = running.advantages(sequence_rewards, global_mean(sequence_rewards, row_weight))
+
+@register_advantage("leave_one_out")
+def leave_one_out(batch: ScoredBatch, cfg) -> Advantages:
+    """RLOO: A_i = R_i - (sum_{j != i} R_j) / (k - 1) over the k samples of the prompt; whitened."""
+    per_sequence = adv.leave_one_out_advantages(batch.sequence_rewards(), batch.group_size)
+    if cfg.whiten_advantages:
+        per_sequence = whiten(per_sequence, batch.row_weight)
+    return Advantages(batch.per_token(per_sequence))
+
+
+@register_advantage("reinforce_baselines")
+def reinforce_baselines(batch: ScoredBatch, cfg) -> Advantages:
+    """REINFORCE: A_i = R_i - b with b the batch mean, a running mean (b <- m * b + (1 - m) * batch mean,
+    scored against the b from before the batch) or R(greedy response) (ReMax, Li et al., 2023). Whitening
+    re-centres the batch baseline, and only scales the other two (re-centring would replace them)."""
+    rewards = batch.sequence_rewards()
+    if cfg.baseline == "greedy":
+        greedy = batch.greedy_scores
+        if batch.greedy_kl is not None:
+            greedy = greedy - batch.kl_coef * batch.greedy_kl.sum(1)
+        per_sequence = adv.greedy_baseline_advantages(rewards, greedy)
+    elif cfg.baseline == "running":
+        per_sequence = batch.running.advantages(rewards, global_mean(rewards, batch.row_weight))
     else:
-        per_sequence = sequence_rewards - global_mean(sequence_rewards, row_weight)
-    if whiten_advantages and algorithm == "reinforce" and baseline in ("running", "greedy"):
-        per_sequence = global_scale(per_sequence, row_weight)
-    elif whiten_advantages:
-        per_sequence = global_whiten(per_sequence, row_weight)
-    return Advantages(per_sequence[:, None] * mask, None)
+        per_sequence = rewards - global_mean(rewards, batch.row_weight)
+    if cfg.whiten_advantages and cfg.baseline in ("running", "greedy"):
+        per_sequence = adv.scale(per_sequence, batch.row_weight, reduce=distributed.all_sum)
+    elif cfg.whiten_advantages:
+        per_sequence = whiten(per_sequence, batch.row_weight)
+    return Advantages(batch.per_token(per_sequence))
+
+
+@register_advantage("global_normalized_returns")
+def global_normalized_returns(batch: ScoredBatch, cfg) -> Advantages:
+    """REINFORCE++ (Hu, 2025): A_t = R - beta * sum_{i >= t} KL_i (the reward-to-go of the token rewards,
+    discounted by gamma), then normalised over every token of the global batch: (A - mean) / std."""
+    returns = adv.discounted_returns(batch.token_rewards(), batch.mask, cfg.gamma)
+    return Advantages(whiten(returns, batch.mask) if cfg.whiten_advantages else returns)
+
+
+@register_advantage("group_centered_global_normalized")
+def group_centered_global_normalized(batch: ScoredBatch, cfg) -> Advantages:
+    """REINFORCE++-baseline: the score minus its group's mean score, then per-token KL penalty, reward-to-go
+    and normalisation over the global batch as REINFORCE++ (the group mean removes the prompt's difficulty,
+    the global std keeps the scale stable where a group's own std would be ~0)."""
+    centered = adv.group_normalized_advantages(batch.scores, batch.group_size, scale=False)
+    returns = adv.discounted_returns(batch.token_rewards(centered), batch.mask, cfg.gamma)
+    return Advantages(whiten(returns, batch.mask) if cfg.whiten_advantages else returns)
+
+
+def compute(algorithm: Algorithm, batch: ScoredBatch, cfg) -> Advantages:
+    from stages.rl.registry import ADVANTAGE_ESTIMATORS
+
+    return ADVANTAGE_ESTIMATORS[algorithm.advantage](batch, cfg)
+
+
+# ---------------------------------------------------------------- algorithms
+register_algorithm(Algorithm("ppo", advantage="gae", value_model=True))
+register_algorithm(Algorithm("grpo", advantage="group_normalized", kl_in_loss=True, needs_groups=True))
+register_algorithm(
+    Algorithm(
+        "dapo",
+        advantage="group_normalized",
+        kl_coef=0.0,  # DAPO drops the KL term (on verifiable tasks the policy may move far from SFT)
+        needs_groups=True,
+        clip_range_low=0.2,
+        clip_range_high=0.28,  # clip-higher: unlikely tokens may rise (against entropy collapse)
+        dynamic_sampling=True,
+        overlong_shaping=True,
+    )
+)
+register_algorithm(
+    Algorithm(
+        "dr_grpo",
+        advantage="group_centered",
+        aggregation="seq-mean-token-sum-norm",
+        kl_in_loss=True,
+        kl_coef=0.0,  # Dr. GRPO trains without a KL term
+        needs_groups=True,
+    )
+)
+register_algorithm(
+    Algorithm(
+        "gspo",
+        advantage="group_normalized",
+        policy_loss="sequence_clip",
+        aggregation="seq-mean-token-mean",
+        kl_in_loss=True,
+        kl_coef=0.0,
+        needs_groups=True,
+        clip_range_low=3e-4,  # the paper's ranges: a length-normalised sequence ratio stays near 1
+        clip_range_high=4e-4,
+    )
+)
+register_algorithm(
+    Algorithm(
+        "cispo",
+        advantage="group_normalized",
+        policy_loss="clipped_importance_weight",
+        kl_in_loss=True,
+        kl_coef=0.0,
+        needs_groups=True,
+        clip_range_high=4.0,  # the importance weight is capped at 1 + 4 = 5 (ScaleRL's epsilon_max = 5)
+    )
+)
+register_algorithm(Algorithm("rloo", advantage="leave_one_out", needs_groups=True))
+register_algorithm(Algorithm("reinforce", advantage="reinforce_baselines"))
+register_algorithm(Algorithm("reinforce_pp", advantage="global_normalized_returns"))
+register_algorithm(
+    Algorithm(
+        "reinforce_pp_baseline",
+        advantage="group_centered_global_normalized",
+        kl_in_loss=True,
+        needs_groups=True,
+    )
+)

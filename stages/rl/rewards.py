@@ -60,6 +60,15 @@ def penalize_unfinished(scores: torch.Tensor, ended: torch.Tensor, penalty: floa
     return scores if penalty is None else torch.where(ended, scores, scores - penalty)
 
 
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, penalty: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al., 2025, eq. 13), as an amount to subtract from the score:
+
+    0 for |y| <= L_max - L_cache; penalty * (|y| - (L_max - L_cache)) / L_cache above, reaching `penalty`
+    at L_max (|y| cannot exceed L_max = max_new_tokens here). L_cache = `buffer`."""
+    excess = (lengths.float() - (max_length - buffer)).clamp(min=0)
+    return penalty * (excess / buffer).clamp(max=1.0)
+
+
 class RewardMix:
     def __init__(self, sources: list[RewardSource], clip: float | None, normalize: bool):
         self.sources, self.clip, self.normalize = sources, clip, normalize

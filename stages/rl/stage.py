@@ -25,11 +25,13 @@ from pipeline.config import (
     LoraConfig,
     StageConfig,
     check_at_least,
+    check_choice,
     check_positive,
     check_positive_if_set,
     check_range,
     input_field,
 )
+from pipeline.config_schema import InvalidValue
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
@@ -39,7 +41,7 @@ from pipeline.models import load_tokenizer, token_scores
 from reward_models.functions import load_reward_function
 from stages.base import StageContext, StageResult
 from stages.outputs import logs_dir, save_with_adapter
-from stages.rl import algorithms, checkpoint
+from stages.rl import algorithms, checkpoint, registry
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController, masked_kl
 from stages.rl.models import (
@@ -50,7 +52,7 @@ from stages.rl.models import (
     build_value_model,
     reference_mode,
 )
-from stages.rl.rewards import RewardMix, build_reward_mix, penalize_unfinished
+from stages.rl.rewards import RewardMix, build_reward_mix, overlong_penalty, penalize_unfinished
 from stages.rl.rollout import (
     Rollout,
     SamplingNoise,
@@ -64,7 +66,9 @@ from stages.rl.update import UpdateBatch, UpdateSettings, update
 
 @dataclass
 class Config(StageConfig):
-    algorithm: Literal["ppo", "grpo", "rloo", "reinforce"] = "ppo"
+    algorithm: str = "ppo"  # a registered algorithm (stages/rl/algorithms.py); see docs/algorithms.md
+    policy_loss: str | None = None  # a registered policy loss; None: the algorithm's
+    loss_aggregation: str | None = None  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     policy: str = input_field("sft")  # the policy to improve: stage name, path or hub id
     reward_model: str | None = input_field("reward")  # learned reward model: stage name, path or hub id
     reward_model_weight: float = 1.0
@@ -85,7 +89,7 @@ class Config(StageConfig):
     max_new_tokens: int = 24
     temperature: float = 1.0
     stop_token: str | None = None  # None: the tokenizer's EOS
-    kl_coef: float = 0.05  # 0 switches the KL term off
+    kl_coef: float | None = None  # None: the algorithm's (0.05; 0 for dapo, dr_grpo, gspo, cispo); 0: off
     kl_estimator: Literal["k1", "k2", "k3"] | None = None  # None: k1 as a reward penalty, k3 as a loss term
     kl_in_loss: bool | None = None  # None: in the loss for GRPO, a per-token reward penalty otherwise
     adaptive_kl: bool = False
@@ -94,6 +98,8 @@ class Config(StageConfig):
     gamma: float = 1.0
     lam: float = 0.95
     clip_range: float = 0.2
+    clip_range_low: float | None = None  # ratio clip below 1; None: the algorithm's, else clip_range
+    clip_range_high: float | None = None  # ratio clip above 1 (DAPO's clip-higher); None: likewise
     value_clip_range: float = 0.2
     vf_coef: float = 0.1
     whiten_rewards: bool = False  # PPO: (r - mean) / std + mean over the batch's token rewards, as TRL does
@@ -104,6 +110,15 @@ class Config(StageConfig):
     baseline: Literal["batch", "running", "greedy"] = "batch"  # REINFORCE
     baseline_momentum: float = 0.9  # running baseline: b <- momentum * b + (1 - momentum) * batch mean
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses that never stop
+    # DAPO's overlong shaping: a penalty growing linearly to overlong_penalty over the last overlong_buffer
+    # tokens before max_new_tokens. None: the algorithm's (dapo: a quarter of max_new_tokens), else off.
+    overlong_buffer: int | None = None
+    overlong_penalty: float = 1.0
+    mask_truncated: bool | None = None  # leave responses that never stop out of the loss; None: algorithm's
+    # DAPO's dynamic sampling: replace groups whose rewards are all equal (no signal) with groups of fresh
+    # prompts, for at most max_sampling_rounds more rounds. None: the algorithm's (on for dapo).
+    dynamic_sampling: bool | None = None
+    max_sampling_rounds: int = 3
     lora: LoraConfig = field(default_factory=LoraConfig)
     log_every: int = 1
     checkpoint_every: int | None = None  # RL steps between resumable checkpoints; None: by time (below)
@@ -148,13 +163,22 @@ class Config(StageConfig):
         check_range(self, "lam", 0.0, 1.0, high_open=False)
         check_range(self, "baseline_momentum", 0.0, 1.0)  # 1 would never move from the first batch's mean
         check_range(self, "checkpoint_overhead", 0.0, 1.0, low_open=True)
-        check_at_least(self, 0.0, "kl_coef", "vf_coef")
+        check_at_least(self, 0.0, "kl_coef", "vf_coef", "overlong_penalty", "max_sampling_rounds")
+        check_positive(self, "overlong_buffer", "clip_range_low", "clip_range_high")
+        check_choice(self, "algorithm", tuple(registry.known_algorithms()))
+        algorithm = registry.get_algorithm(self.algorithm)
+        self.resolve_algorithm_defaults(algorithm)
+        if self.overlong_buffer is not None and self.overlong_buffer >= self.max_new_tokens:
+            raise InvalidValue(
+                "overlong_buffer",
+                f"({self.overlong_buffer}) must be below max_new_tokens ({self.max_new_tokens}).",
+            )
         if (self.batch_size * self.group_size) % self.minibatch_size:
             raise ConfigError(
                 f"batch_size x group_size ({self.batch_size} x {self.group_size}) must be "
                 f"divisible by minibatch_size ({self.minibatch_size})."
             )
-        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+        if (algorithm.needs_groups or self.dynamic_sampling) and self.group_size < 2:
             raise ConfigError(
                 f"algorithm {self.algorithm} compares samples of the same prompt: set group_size "
                 f">= 2 (got {self.group_size})."
@@ -173,7 +197,7 @@ class Config(StageConfig):
                 "gradient and can be negative, so minimising it drives the policy away from the reference. "
                 "Use k3 (or k2) with kl_in_loss, or put the KL in the reward (kl_in_loss: false)."
             )
-        if self.shared_value_head and self.algorithm != "ppo":
+        if self.shared_value_head and not algorithm.value_model:
             raise ConfigError(
                 f"shared_value_head is PPO's (a value head on the policy); algorithm {self.algorithm} has "
                 "no value model. Remove the key or set algorithm: ppo."
@@ -183,16 +207,42 @@ class Config(StageConfig):
                 "value_init picks the weights of a separate value model; with shared_value_head: true the "
                 "value head reads the policy's trunk and starts at zero. Remove one of the two keys."
             )
+        if self.baseline != "batch" and algorithm.advantage != "reinforce_baselines":
+            raise InvalidValue(
+                "baseline",
+                f"picks REINFORCE's baseline; algorithm {self.algorithm} has its own. Remove the key.",
+            )
         if self.value_init is None:
             self.value_init = "reward_model" if self.reward_model and not self.shared_value_head else "policy"
-        if self.algorithm == "ppo" and self.value_init == "reward_model" and not self.reward_model:
+        if algorithm.value_model and self.value_init == "reward_model" and not self.reward_model:
             raise ConfigError("value_init: reward_model needs a reward_model; set value_init: policy.")
+
+    def resolve_algorithm_defaults(self, algorithm: registry.Algorithm) -> None:
+        """Fill each key left unset (None) from the algorithm's defaults: the saved config says what ran."""
+        if self.policy_loss is None:
+            self.policy_loss = algorithm.policy_loss
+        check_choice(self, "policy_loss", tuple(registry.POLICY_LOSSES))
+        if self.loss_aggregation is None:
+            self.loss_aggregation = algorithm.aggregation
+        check_choice(self, "loss_aggregation", registry.AGGREGATIONS)
+        if self.kl_in_loss is None:
+            self.kl_in_loss = algorithm.kl_in_loss
+        if self.kl_coef is None:
+            self.kl_coef = algorithm.kl_coef
+        if self.clip_range_low is None:
+            self.clip_range_low = algorithm.clip_range_low or self.clip_range
+        if self.clip_range_high is None:
+            self.clip_range_high = algorithm.clip_range_high or self.clip_range
+        if self.overlong_buffer is None and algorithm.overlong_shaping:
+            self.overlong_buffer = max(1, self.max_new_tokens // 4)
+        if self.mask_truncated is None:
+            self.mask_truncated = algorithm.mask_truncated
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = algorithm.dynamic_sampling
 
     @property
     def kl_is_loss(self) -> bool:
-        return (
-            algorithms.KL_IN_LOSS_BY_DEFAULT[self.algorithm] if self.kl_in_loss is None else self.kl_in_loss
-        )
+        return bool(self.kl_in_loss)
 
 
 def check(cfg: Config) -> None:
@@ -308,9 +358,10 @@ def build_models(cfg: Config, ctx: StageContext, tokenizer, device):
         cfg.trust_remote_code,
     )
     value_model = None
-    if cfg.algorithm == "ppo" and cfg.shared_value_head:
+    has_value_model = registry.get_algorithm(cfg.algorithm).value_model
+    if has_value_model and cfg.shared_value_head:
         value_model = SharedValueHead(backbone_and_lm_head(policy)[1].in_features).to(device)
-    elif cfg.algorithm == "ppo":
+    elif has_value_model:
         from_rm = cfg.value_init == "reward_model"
         if from_rm and not rewards.sources[0].same_tokenizer:
             raise ConfigError(
@@ -413,17 +464,22 @@ def run(ctx: StageContext) -> StageResult:
         else FixedKLController(cfg.kl_coef)
     )
     running = RunningMeanBaseline(cfg.baseline_momentum)
+    algorithm = registry.get_algorithm(cfg.algorithm)
     settings = UpdateSettings(
-        cfg.ppo_epochs,
-        cfg.minibatch_size,
-        cfg.clip_range,
-        cfg.value_clip_range,
-        cfg.vf_coef,
-        cfg.temperature,
-        cfg.max_grad_norm,
-        0.0,
-        cfg.kl_estimator,
-        cfg.skip_nonfinite,
+        epochs=cfg.ppo_epochs,
+        minibatch_size=cfg.minibatch_size,
+        policy_loss=registry.get_policy_loss(cfg.policy_loss),
+        aggregation=cfg.loss_aggregation,
+        clip_low=cfg.clip_range_low,
+        clip_high=cfg.clip_range_high,
+        max_length=cfg.max_new_tokens,
+        value_clip_range=cfg.value_clip_range,
+        vf_coef=cfg.vf_coef,
+        temperature=cfg.temperature,
+        max_grad_norm=cfg.max_grad_norm,
+        kl_loss_coef=0.0,
+        kl_estimator=cfg.kl_estimator,
+        skip_nonfinite=cfg.skip_nonfinite,
     )
 
     # 2. resume from the newest verified checkpoint of an interrupted attempt, if any
@@ -495,6 +551,11 @@ def run(ctx: StageContext) -> StageResult:
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         scored = rewards.score(rollout, batch_prompts, completions, tokenizer.eos_token_id, weight=row_weight)
         scores = penalize_unfinished(scored["total"].to(device), rollout.ended, cfg.missing_eos_penalty)
+        if cfg.overlong_buffer:
+            lengths = mask.sum(1)
+            scores = scores - overlong_penalty(
+                lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+            )
         if (
             not distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all())))
             == distributed.world_size()
@@ -504,7 +565,7 @@ def run(ctx: StageContext) -> StageResult:
                 f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
             )
         greedy_scores = greedy_kl = None
-        if cfg.algorithm == "reinforce" and cfg.baseline == "greedy":
+        if cfg.baseline == "greedy":
             with torch.no_grad(), autocast():
                 greedy_scores, greedy_kl = greedy_baseline(
                     cfg, policy, reference, rewards, tokenizer, batch_prompts, query_ids, query_mask, stop_ids
@@ -514,32 +575,27 @@ def run(ctx: StageContext) -> StageResult:
         kl = masked_kl(old_logprobs, ref_logprobs, mask, cfg.kl_estimator)
         kl_coef = kl_ctl.value  # the coefficient that shapes this step
         weight = row_weight.to(device)
-        result = algorithms.compute(
-            cfg.algorithm,
+        scored_batch = algorithms.ScoredBatch(
             scores,
             kl,
             0.0 if cfg.kl_is_loss else kl_coef,
             mask,
             rollout.last_index,
             weight,
+            cfg.group_size,
             values=old_values,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
-            group_size=cfg.group_size,
-            scale_rewards=cfg.scale_rewards,
-            whiten_advantages=cfg.whiten_advantages,
-            whiten_rewards=cfg.whiten_rewards,
-            baseline=cfg.baseline,
-            running=running,
             greedy_scores=greedy_scores,
             greedy_kl=greedy_kl,
+            running=running,
         )
+        result = algorithms.compute(algorithm, scored_batch, cfg)
 
         # 6. clipped updates over minibatches of the global batch
         policy.train()
         settings.kl_loss_coef = kl_coef if cfg.kl_is_loss else 0.0
+        loss_mask = mask * rollout.ended[:, None] if cfg.mask_truncated else None
         batch = UpdateBatch(
-            rollout, old_logprobs, ref_logprobs, result.advantages, old_values, result.returns
+            rollout, old_logprobs, ref_logprobs, result.advantages, old_values, result.returns, loss_mask
         )
         local = rows if row_weight.sum() > 0 else slice(0, 0)
         with autocast():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -12,9 +13,10 @@ from pipeline.errors import UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import token_scores
-from stages.rl.losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits, kl_loss_term
-from stages.rl.masking import masked_mean
+from stages.rl.losses import aggregate, approx_kl, clipped_value_loss, entropy_from_logits, kl_loss_terms
+from stages.rl.masking import masked_sum
 from stages.rl.models import SharedValueHead
+from stages.rl.registry import PolicyLossTerms
 from stages.rl.rollout import Rollout, response_logits, response_logits_and_values, token_logprobs
 
 
@@ -26,13 +28,22 @@ class UpdateBatch:
     advantages: Tensor
     old_values: Tensor | None = None  # PPO's value head only
     returns: Tensor | None = None
+    loss_mask: Tensor | None = None  # tokens in the loss; None: every response token (see mask_truncated)
+
+    @property
+    def mask(self) -> Tensor:
+        return self.rollout.response_mask if self.loss_mask is None else self.loss_mask
 
 
 @dataclass
 class UpdateSettings:
     epochs: int
     minibatch_size: int
-    clip_range: float
+    policy_loss: Callable[..., PolicyLossTerms]  # a registered policy loss
+    aggregation: str  # how its per-token terms become one number (losses.aggregate)
+    clip_low: float
+    clip_high: float
+    max_length: int  # max_new_tokens: the constant of seq-mean-token-sum-norm
     value_clip_range: float
     vf_coef: float
     temperature: float
@@ -68,10 +79,10 @@ def update(
     local: slice,
     global_rows: int,
 ) -> dict[str, float]:
-    """Each minibatch's loss is a mean over the tokens of the *global* minibatch: every process sums its own
-    tokens' terms divided by the global token count, and gradients are summed over processes, so one process
+    """Each minibatch's loss is aggregated over the *global* minibatch: every process computes its part (its
+    own terms over the global token or row count) and gradients are summed over processes, so one process
     and several take the same step."""
-    rollout, mask = batch.rollout, batch.rollout.response_mask
+    rollout, mask = batch.rollout, batch.mask
     ids, seq_mask, width = rollout.sequence_ids, rollout.sequence_mask, rollout.query_ids.shape[1]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = {}
@@ -79,14 +90,13 @@ def update(
     for epoch in range(settings.epochs):
         for part in minibatches(global_rows, settings.minibatch_size, seed, step, epoch, local):
             optimizer.zero_grad(set_to_none=True)
-            local_tokens = mask[part].sum()
-            global_tokens = distributed.all_sum(local_tokens.double()).clamp(min=1)
-            share = float(local_tokens / global_tokens)  # this process's part of the minibatch's mean
+            local_counts = torch.stack([mask[part].sum(), (mask[part].sum(1) > 0).sum()]).double()
+            tokens, rows = distributed.all_sum(local_counts).tolist()  # of the global minibatch
             stats: dict[str, Tensor] = {}
             loss = torch.zeros((), device=mask.device)
-            if len(part) > 0 and local_tokens > 0:
+            if len(part) > 0 and local_counts[0] > 0:
                 loss, stats = minibatch_backward(
-                    settings, policy, value_model, batch, part, ids, seq_mask, width, share
+                    settings, policy, value_model, batch, part, ids, seq_mask, width, tokens, rows
                 )
             # A non-finite loss has already put NaNs in this minibatch's gradients; no step is taken with them
             # (the next minibatch starts from zero_grad).
@@ -113,9 +123,9 @@ def update(
             optimizer.step()
             crash_point("ppo.update", step)
             for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) * share
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
             count += 1
-    # every process adds its token share of each minibatch mean: the sum over processes is the global mean.
+    # every process adds its part of each minibatch's statistics: the sum over processes is the global value.
     # The keys are fixed, not taken from `totals`: a process without rows has none, and collectives of
     # different sizes would leave both processes waiting forever.
     keys = ["approx_kl", "clip_fraction", "entropy", "policy_loss"]
@@ -134,49 +144,67 @@ def minibatch_backward(
     ids: Tensor,
     seq_mask: Tensor,
     width: int,
-    share: float,
+    tokens: float,
+    rows: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Back-propagate this process's `share` of the minibatch's loss; returns the (detached) loss and stats.
+    """Back-propagate this process's part of the minibatch's loss (`tokens`, `rows`: the global minibatch's
+    real tokens and rows); returns the (detached) part and this process's part of each statistic.
 
-    A separate value model: the policy's loss goes backward before the value model's forward. The two share
-    no parameters, so the gradients are those of one backward of their sum, but only one graph's activations
-    are alive at a time. A shared value head: one forward gives logits and values, one backward their sum.
+    The policy loss is the registered one, aggregated the configured way; the KL term is aggregated the same
+    way; the value loss and the diagnostics are token means. A separate value model: the policy's loss goes
+    backward before the value model's forward. The two share no parameters, so the gradients are those of
+    one backward of their sum, but only one graph's activations are alive at a time. A shared value head:
+    one forward gives logits and values, one backward their sum.
     """
-    rollout, mask = batch.rollout, batch.rollout.response_mask
+    rollout, mask = batch.rollout, batch.mask[part]
     shared = isinstance(value_model, SharedValueHead)
     if shared:
         logits, values = response_logits_and_values(policy, value_model, ids[part], seq_mask[part], width)
     else:
         logits = response_logits(policy, ids[part], seq_mask[part], width)
     logprobs = token_logprobs(logits, rollout.response_ids[part], settings.temperature)
+
+    def token_mean(x: Tensor) -> Tensor:  # this process's part of a mean over the global minibatch's tokens
+        return masked_sum(x, mask) / tokens
+
+    def aggregated(per_token: Tensor) -> Tensor:
+        return aggregate(per_token, mask, settings.aggregation, tokens, rows, settings.max_length)
+
     with torch.no_grad():
-        entropy = masked_mean(entropy_from_logits(logits.float() / settings.temperature), mask[part])
+        entropy = token_mean(entropy_from_logits(logits.float() / settings.temperature))
     del logits
-    pg = clipped_policy_loss(
-        logprobs, batch.old_logprobs[part], batch.advantages[part], mask[part], settings.clip_range
+    old_logprobs = batch.old_logprobs[part]
+    terms = settings.policy_loss(
+        logprobs, old_logprobs, batch.advantages[part], mask, settings.clip_low, settings.clip_high
     )
-    loss = pg.loss
-    stats = {"policy_loss": pg.loss, "clip_fraction": pg.clip_fraction, "approx_kl": pg.approx_kl}
-    stats["entropy"] = entropy
+    loss = aggregated(terms.per_token)
+    stats = {
+        "policy_loss": loss,
+        "clip_fraction": token_mean(terms.clipped.float()),
+        "approx_kl": approx_kl(logprobs, old_logprobs, mask) * float(mask.sum()) / tokens,
+        "entropy": entropy,
+    }
     if settings.kl_loss_coef > 0:
-        kl = kl_loss_term(logprobs, batch.ref_logprobs[part], mask[part], settings.kl_estimator)
+        kl = aggregated(kl_loss_terms(logprobs, batch.ref_logprobs[part], mask, settings.kl_estimator))
         loss = loss + settings.kl_loss_coef * kl
         stats["kl_loss"] = kl
     if value_model is None:
-        (loss * share).backward()
+        loss.backward()
         return loss.detach(), {key: value.detach() for key, value in stats.items()}
     if not shared:
-        (loss * share).backward()  # frees the policy's graph before the value model runs
+        loss.backward()  # frees the policy's graph before the value model runs
         loss = loss.detach()
         values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1]
+    share = float(mask.sum()) / tokens  # the value loss is a token mean over the global minibatch
     vf = clipped_value_loss(
-        values.float(), batch.old_values[part], batch.returns[part], mask[part], settings.value_clip_range
+        values.float(), batch.old_values[part], batch.returns[part], mask, settings.value_clip_range
     )
-    stats.update(value_loss=vf.loss, value_clip_fraction=vf.clip_fraction)
+    value_loss, value_clip_fraction = vf.loss * share, vf.clip_fraction * share
+    stats.update(value_loss=value_loss, value_clip_fraction=value_clip_fraction)
     if shared:
-        loss = loss + settings.vf_coef * vf.loss
-        (loss * share).backward()
+        loss = loss + settings.vf_coef * value_loss
+        loss.backward()
     else:
-        (settings.vf_coef * vf.loss * share).backward()
-        loss = loss + settings.vf_coef * vf.loss.detach()
+        (settings.vf_coef * value_loss).backward()
+        loss = loss + settings.vf_coef * value_loss.detach()
     return loss.detach(), {key: value.detach() for key, value in stats.items()}
