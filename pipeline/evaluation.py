@@ -62,8 +62,7 @@ def sample_policy(
     source: str, reference: Reference, prompts: list[str], cfg: EvaluationConfig, seed: int, desc: str
 ) -> PolicySamples:
     """Sample `samples_per_prompt` completions per prompt with a fixed generator seed."""
-    from stages.rl.rollout import batched_response_logprobs, sample
-    from stages.rl.stage import left_pad
+    from stages.rl.rollout import batched_response_logprobs, left_pad, sample
 
     device = reference.device
     tokenizer = load_tokenizer(source)

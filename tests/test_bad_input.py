@@ -402,7 +402,7 @@ def test_bad_data_of_a_later_stage_stops_the_run_before_anything_trains(
 
 
 def test_overlong_prompt_is_refused_by_encode_prompts() -> None:
-    from stages.rl.stage import encode_prompts
+    from stages.rl.rollout import encode_prompts
 
     tokenizer = train_bpe_tokenizer(TEXTS, 300)
     prompts = ["Review 1:", "this product is great " * 10]

@@ -11,8 +11,7 @@ from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenize
 from stages.rl.masking import place_sequence_reward
 from stages.rl.models import build_policy, build_reference, reference_mode
 from stages.rl.rewards import rollout_sequences
-from stages.rl.rollout import Rollout, batched_response_logprobs, sample
-from stages.rl.stage import left_pad
+from stages.rl.rollout import Rollout, batched_response_logprobs, left_pad, sample
 
 LORA = LoraConfig(enabled=True, r=4, alpha=8)
 

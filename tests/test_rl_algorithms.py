@@ -117,8 +117,7 @@ def test_a_reward_model_with_a_different_tokenizer_scores_the_decoded_text(tiny_
     from pipeline.models import save_pretrained, train_bpe_tokenizer
     from reward_models.learned import LearnedRewardModel
     from stages.rl.rewards import build_reward_mix
-    from stages.rl.rollout import sample
-    from stages.rl.stage import left_pad
+    from stages.rl.rollout import left_pad, sample
 
     texts = [r["text"] for r in generate_split("reviews", "corpus")[:400]]
     other = train_bpe_tokenizer(texts, vocab_size=290)  # a different vocabulary from the policy's

@@ -17,8 +17,8 @@ from stages.rl import algorithms
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.kl import AdaptiveKLController
 from stages.rl.models import build_policy, build_value_model
-from stages.rl.rollout import batched_response_logprobs, response_logits, sample, token_logprobs
-from stages.rl.stage import left_pad, values_of
+from stages.rl.rollout import batched_response_logprobs, left_pad, response_logits, sample, token_logprobs
+from stages.rl.stage import values_of
 
 
 def run_stage(kind: str, block: dict, out) -> dict:

@@ -189,3 +189,130 @@ def test_every_algorithm_names_registered_parts():
         assert algorithm.advantage in registry.ADVANTAGE_ESTIMATORS
         assert algorithm.policy_loss in registry.POLICY_LOSSES
         assert algorithm.aggregation in registry.AGGREGATIONS
+
+
+# ---------------------------------------------------------------- DAPO's dynamic sampling
+def fake_rollout(rows: int, query_width: int, response_width: int, first_id: int):
+    from stages.rl.rollout import Rollout
+
+    ids = torch.arange(first_id, first_id + rows)[:, None]
+    return Rollout(
+        ids.expand(rows, query_width).clone(),
+        torch.ones(rows, query_width, dtype=torch.long),
+        ids.expand(rows, response_width).clone(),
+        torch.ones(rows, response_width),
+        torch.full((rows,), response_width - 1),
+        torch.ones(rows, dtype=torch.bool),
+    )
+
+
+def test_dynamic_sampling_replaces_groups_without_signal_with_fresh_ones():
+    """Batch of 3 prompts x 2 samples. Round 0 scores (1, 0), (1, 1), (0, 0): groups 2 and 3 have no signal.
+    Round 1 scores (0, 0), (1, 0), (0, 1): its groups 2 and 3 fill slots 2 and 3, in order. The merged rollout
+    is padded to the widest prompt (4) and response (5); rows keep their own tokens."""
+    from stages.rl.collect import PromptStream, collect
+
+    rounds = {
+        0: ([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], 2, 3),  # scores, query width, response width
+        1: ([0.0, 0.0, 1.0, 0.0, 0.0, 1.0], 4, 5),
+    }
+
+    def sample_and_score(prompts, row_weight, round_index):
+        scores, query_width, response_width = rounds[round_index]
+        rollout = fake_rollout(6, query_width, response_width, first_id=10 * round_index)
+        scores = torch.tensor(scores)
+        return rollout, scores, {"total": scores}
+
+    stream = PromptStream([f"p{i}" for i in range(6)], seed=0)
+    collected = collect(stream, 0, 3, 2, sample_and_score, dynamic_sampling=True, max_rounds=3)
+    assert collected.scores.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert collected.rollout.response_ids[:, 0].tolist() == [0, 1, 12, 13, 14, 15]  # round 1's rows 2..5
+    assert collected.rollout.query_ids.shape == (6, 4) and collected.rollout.response_ids.shape == (6, 5)
+    assert collected.rollout.query_mask[0].tolist() == [0, 0, 1, 1]  # left-padded from width 2
+    assert collected.rollout.response_mask[0].tolist() == [1, 1, 1, 0, 0]  # right-padded from width 3
+    assert collected.row_weight.tolist() == [1.0] * 6
+    assert collected.stats == {"groups_without_signal": 2 / 3, "sampling_rounds": 2.0, "groups_dropped": 0.0}
+    assert stream.batches == 2  # one more global batch of prompts drawn
+
+
+def test_dynamic_sampling_gives_up_after_its_rounds_and_drops_what_is_left():
+    from stages.rl.collect import PromptStream, collect
+
+    def sample_and_score(prompts, row_weight, round_index):
+        scores = torch.tensor([1.0, 0.0, 1.0, 1.0]) if round_index == 0 else torch.ones(4)
+        return fake_rollout(4, 2, 3, 0), scores, {"total": scores}
+
+    stream = PromptStream(["a", "b"], seed=0)
+    collected = collect(stream, 0, 2, 2, sample_and_score, dynamic_sampling=True, max_rounds=2)
+    assert collected.row_weight.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert collected.stats == {"groups_without_signal": 0.5, "sampling_rounds": 3.0, "groups_dropped": 0.5}
+
+
+# ---------------------------------------------------------------- a new algorithm is one registration
+def test_a_toy_algorithm_registered_from_a_test_trains_with_no_edit_to_the_engine(tiny_run, tmp_path):
+    """The sign of the score's difference from its group's mean as the advantage, and PPO's loss."""
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    @registry.register_advantage("toy_sign_of_centred_score")
+    def toy_sign(batch, cfg):
+        centred = batch.scores.view(-1, batch.group_size)
+        centred = (centred - centred.mean(1, keepdim=True)).sign().reshape(-1)
+        return registry.Advantages(batch.per_token(centred))
+
+    registry.register_algorithm(registry.Algorithm("toy", advantage="toy_sign_of_centred_score"))
+    block = {
+        "kind": "rl",
+        "algorithm": "toy",
+        "policy": str(tiny_run / "sft"),
+        "reward_model": None,
+        "reward_functions": {"reward_models.gold:reviews_gold": 1.0},
+        "prompts": "demo:reviews/prompts",
+        "total_episodes": 128,
+        "batch_size": 8,
+        "group_size": 4,
+        "minibatch_size": 16,
+        "ppo_epochs": 2,
+        "lr": 2e-3,
+        "max_new_tokens": 10,
+    }
+    out = tmp_path / "toy"
+    run_standalone(load_config(None, data={"threads": 2, "stages": {"toy": block}}), "toy", None, out)
+    metrics = json.loads((out / "rlhf_stage.json").read_text())["metrics"]
+    assert metrics["reward_last"] > metrics["reward_first"] + 0.2
+    del registry.ALGORITHMS["toy"], registry.ADVANTAGE_ESTIMATORS["toy_sign_of_centred_score"]
+
+
+def test_dapo_trains_with_dynamic_sampling_and_overlong_shaping(tiny_run, tmp_path):
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    block = {
+        "kind": "rl",
+        "algorithm": "dapo",
+        "policy": str(tiny_run / "sft"),
+        "reward_model": None,
+        "reward_functions": {"reward_models.rules:ends_with_period": 1.0},  # 0 or 1: groups often all equal
+        "prompts": "demo:reviews/prompts",
+        "total_episodes": 64,
+        "batch_size": 8,
+        "group_size": 4,
+        "minibatch_size": 16,
+        "ppo_epochs": 1,
+        "max_new_tokens": 8,
+        "mask_truncated": True,
+    }
+    out = tmp_path / "dapo"
+    config = load_config(None, data={"threads": 2, "stages": {"dapo": block}})
+    resolved = config.stages["dapo"]
+    assert (resolved.clip_range_low, resolved.clip_range_high, resolved.kl_coef) == (0.2, 0.28, 0.0)
+    assert resolved.overlong_buffer == 2 and resolved.dynamic_sampling
+    run_standalone(config, "dapo", None, out)
+    history = json.loads((out / "history.json").read_text())
+    assert all(row["sampling_rounds"] >= 1 for row in history)
+    assert any(row["groups_without_signal"] > 0 for row in history)
+    assert all(0 <= row["groups_dropped"] <= row["groups_without_signal"] for row in history)

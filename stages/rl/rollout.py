@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline.errors import ConfigError, UserError
 from pipeline.models import position_ids_from_mask
 from stages.rl.masking import response_mask
 
@@ -26,9 +27,11 @@ class SamplingNoise:
     step: int
     global_rows: int
     rows: slice  # this process's rows of the global batch
+    round: int = 0  # dynamic sampling's further rounds of the same step draw other noise
 
     def gumbel(self, t: int, vocab: int, device) -> Tensor:
-        generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self.step * 10_007 + t)
+        seed = self.seed * 1_000_003 + self.step * 10_007 + t + self.round * 999_999_937
+        generator = torch.Generator(device=device).manual_seed(seed)
         uniform = torch.rand(self.global_rows, vocab, generator=generator, device=device)[self.rows]
         return -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
 
@@ -180,3 +183,35 @@ def batched_logprobs_and_values(
             logprobs.append(token_logprobs(logits, rollout.response_ids[part], temperature))
             values.append(part_values.float())
     return torch.cat(logprobs), torch.cat(values)
+
+
+def encode_prompts(
+    tokenizer, prompts: list[str], max_length: int, source: str = "prompts"
+) -> list[list[int]]:
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    for row, ids in enumerate(encoded, start=1):
+        if len(ids) > max_length:
+            raise UserError(
+                f"{source}, row {row}: the prompt is {len(ids)} tokens, longer than max_prompt_length="
+                f"{max_length} (raise max_prompt_length or shorten it): {prompts[row - 1][:80]!r}"
+            )
+    return encoded
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
+    if not stop_token:
+        return [tokenizer.eos_token_id]
+    ids = tokenizer.convert_tokens_to_ids([stop_token])
+    if ids[0] in (None, tokenizer.unk_token_id):
+        raise ConfigError(f"stop_token {stop_token!r} is not a single token of the policy's tokenizer.")
+    return ids

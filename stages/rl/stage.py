@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -43,6 +42,7 @@ from stages.base import StageContext, StageResult
 from stages.outputs import logs_dir, save_with_adapter
 from stages.rl import algorithms, checkpoint, registry
 from stages.rl.advantages import RunningMeanBaseline
+from stages.rl.collect import PromptStream, collect
 from stages.rl.kl import AdaptiveKLController, FixedKLController, masked_kl
 from stages.rl.models import (
     SharedValueHead,
@@ -58,7 +58,10 @@ from stages.rl.rollout import (
     SamplingNoise,
     batched_logprobs_and_values,
     batched_response_logprobs,
+    encode_prompts,
+    left_pad,
     sample,
+    stop_token_ids,
 )
 from stages.rl.snapshots import Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
@@ -256,59 +259,6 @@ def check(cfg: Config) -> None:
             load_reward_function(cfg.eval_gold)
 
 
-class PromptStream:
-    """Prompts in a fresh seeded shuffle each pass, so a batch never repeats within a pass."""
-
-    def __init__(self, prompts: list[str], seed: int):
-        self.prompts, self.rng, self.queue, self.batches = prompts, random.Random(seed), [], 0
-
-    def next_batch(self, size: int) -> list[str]:
-        while len(self.queue) < size:
-            order = list(self.prompts)
-            self.rng.shuffle(order)
-            self.queue.extend(order)
-        batch, self.queue = self.queue[:size], self.queue[size:]
-        self.batches += 1
-        return batch
-
-    def fast_forward(self, batches: int, size: int) -> None:
-        """Replay the draws of an interrupted run (cheap and exact: the stream is seeded)."""
-        for _ in range(batches):
-            self.next_batch(size)
-
-
-def encode_prompts(
-    tokenizer, prompts: list[str], max_length: int, source: str = "prompts"
-) -> list[list[int]]:
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    for row, ids in enumerate(encoded, start=1):
-        if len(ids) > max_length:
-            raise UserError(
-                f"{source}, row {row}: the prompt is {len(ids)} tokens, longer than max_prompt_length="
-                f"{max_length} (raise max_prompt_length or shorten it): {prompts[row - 1][:80]!r}"
-            )
-    return encoded
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
-    if not stop_token:
-        return [tokenizer.eos_token_id]
-    ids = tokenizer.convert_tokens_to_ids([stop_token])
-    if ids[0] in (None, tokenizer.unk_token_id):
-        raise ConfigError(f"stop_token {stop_token!r} is not a single token of the policy's tokenizer.")
-    return ids
-
-
 def values_of(value_model, rollout: Rollout) -> torch.Tensor:
     """V(s_t) for each response position: the value head read at the token before it."""
     scores = token_scores(value_model, rollout.sequence_ids, rollout.sequence_mask)
@@ -414,17 +364,6 @@ def greedy_baseline(
     return scores, masked_kl(logprobs, ref, greedy.response_mask, cfg.kl_estimator)
 
 
-def local_prompts(batch: list[str], group_size: int) -> tuple[list[str], torch.Tensor, slice]:
-    """This process's prompts of the global batch (whole groups), their row weights, and their rows'
-    position in the global batch. A process left without prompts gets one placeholder group of weight 0,
-    so it still takes part in every collective."""
-    part = distributed.shard(len(batch))
-    mine = batch[part]
-    weight = 1.0 if mine else 0.0
-    rows = [p for p in (mine or batch[:1]) for _ in range(group_size)]
-    return rows, torch.full((len(rows),), weight), slice(part.start * group_size, part.stop * group_size)
-
-
 def global_row_stats(values: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, float]:
     return {key: algorithms.global_mean(value.float().cpu(), weight) for key, value in values.items()}
 
@@ -516,46 +455,61 @@ def run(ctx: StageContext) -> StageResult:
         disable=not distributed.is_main(),
     )
     for step in progress:
-        # 3. rollout: this process's prompts, group_size samples each (groups never split across processes)
-        batch_prompts, row_weight, rows = local_prompts(stream.next_batch(cfg.batch_size), cfg.group_size)
-        query_ids, query_mask = pad([prompt_ids[p] for p in batch_prompts])
-        first_row = rows.start if row_weight.sum() > 0 else 0  # a placeholder group's samples are never used
-        noise = SamplingNoise(
-            ctx.seed, step, episodes_per_step, slice(first_row, first_row + len(batch_prompts))
-        )
+        # 3. rollout: this process's prompts, group_size samples each (groups never split across processes),
+        #    scored by every reward source less the penalties; with dynamic sampling, more rounds
         policy.eval()
-        with torch.no_grad(), autocast():
-            rollout = sample(
-                policy,
-                query_ids,
-                query_mask,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                stop_ids,
-                tokenizer.pad_token_id,
-                noise=noise,
-            )
-            crash_point("ppo.rollout", step)
-            rollout.response_mask = rollout.response_mask * row_weight.to(device)[:, None]
-            mask = rollout.response_mask
-            if isinstance(value_model, SharedValueHead):
-                old_logprobs, old_values = batched_logprobs_and_values(
-                    policy, value_model, rollout, cfg.temperature, episodes_per_step
-                )
-            else:
-                old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
-                old_values = values_of(value_model, rollout) if value_model is not None else None
-            ref_logprobs = reference_logprobs(policy, reference, rollout, cfg.temperature, episodes_per_step)
 
-        # 4. score: every reward source, then the penalty for responses that never stop
-        completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        scored = rewards.score(rollout, batch_prompts, completions, tokenizer.eos_token_id, weight=row_weight)
-        scores = penalize_unfinished(scored["total"].to(device), rollout.ended, cfg.missing_eos_penalty)
-        if cfg.overlong_buffer:
-            lengths = mask.sum(1)
-            scores = scores - overlong_penalty(
-                lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+        def sample_and_score(
+            prompts: list[str], row_weight: torch.Tensor, round_index: int, step: int = step
+        ):
+            query_ids, query_mask = pad([prompt_ids[p] for p in prompts])
+            rows = distributed.shard(cfg.batch_size)  # a placeholder group's samples are never used
+            first_row = rows.start * cfg.group_size if row_weight.sum() > 0 else 0
+            noise = SamplingNoise(
+                ctx.seed, step, episodes_per_step, slice(first_row, first_row + len(prompts)), round_index
             )
+            with torch.no_grad(), autocast():
+                rollout = sample(
+                    policy,
+                    query_ids,
+                    query_mask,
+                    cfg.max_new_tokens,
+                    cfg.temperature,
+                    stop_ids,
+                    tokenizer.pad_token_id,
+                    noise=noise,
+                )
+            crash_point("ppo.rollout", step)
+            completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+            eos = tokenizer.eos_token_id  # reward statistics are updated with round 0's scores only
+            parts = rewards.score(
+                rollout, prompts, completions, eos, weight=row_weight, update=round_index == 0
+            )
+            scores = penalize_unfinished(parts["total"].to(device), rollout.ended, cfg.missing_eos_penalty)
+            if cfg.overlong_buffer:
+                lengths = rollout.response_mask.sum(1)
+                scores = scores - overlong_penalty(
+                    lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+                )
+            return rollout, scores, parts
+
+        collected = collect(
+            stream,
+            tokenizer.pad_token_id,
+            cfg.batch_size,
+            cfg.group_size,
+            sample_and_score,
+            cfg.dynamic_sampling,
+            cfg.max_sampling_rounds,
+        )
+        rollout, scores, scored, row_weight = (
+            collected.rollout,
+            collected.scores,
+            collected.parts,
+            collected.row_weight,
+        )
+        batch_prompts, rows = collected.prompts, collected.rows
+        completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         if (
             not distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all())))
             == distributed.world_size()
@@ -564,9 +518,21 @@ def run(ctx: StageContext) -> StageResult:
                 f"Stage '{ctx.name}': a reward is NaN/inf at RL step {step}; stopped before updating "
                 f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
             )
+        rollout.response_mask = rollout.response_mask * row_weight.to(device)[:, None]
+        mask = rollout.response_mask
+        with torch.no_grad(), autocast():
+            if isinstance(value_model, SharedValueHead):
+                old_logprobs, old_values = batched_logprobs_and_values(
+                    policy, value_model, rollout, cfg.temperature, episodes_per_step
+                )
+            else:
+                old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
+                old_values = values_of(value_model, rollout) if value_model is not None else None
+            ref_logprobs = reference_logprobs(policy, reference, rollout, cfg.temperature, episodes_per_step)
         greedy_scores = greedy_kl = None
         if cfg.baseline == "greedy":
             with torch.no_grad(), autocast():
+                query_ids, query_mask = pad([prompt_ids[p] for p in batch_prompts])
                 greedy_scores, greedy_kl = greedy_baseline(
                     cfg, policy, reference, rewards, tokenizer, batch_prompts, query_ids, query_mask, stop_ids
                 )
@@ -632,6 +598,7 @@ def run(ctx: StageContext) -> StageResult:
             "kl_coef": kl_coef,
             "elapsed_s": time.time() - started,
             "unique_fraction": unique_fraction(completions, row_weight),
+            **collected.stats,  # dynamic sampling: groups without signal, rounds, groups dropped
             **stats,
         }
         history.append(row)
