@@ -15,10 +15,10 @@ from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenize
 from pipeline.runner import run_standalone
 from stages.rl import algorithms
 from stages.rl.advantages import RunningMeanBaseline
+from stages.rl.experience import values_of
 from stages.rl.kl import AdaptiveKLController
 from stages.rl.models import build_policy, build_value_model
 from stages.rl.rollout import batched_response_logprobs, left_pad, response_logits, sample, token_logprobs
-from stages.rl.stage import values_of
 
 
 def run_stage(kind: str, block: dict, out) -> dict:

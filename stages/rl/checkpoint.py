@@ -1,6 +1,7 @@
 """Everything an RL step depends on, saved so that a resumed run continues exactly where it stopped:
-trainable weights (safetensors), optimizer, RNG, the KL controller, the prompt position (sampling noise
-and minibatch order are seeded by step, so they need no state)."""
+trainable weights (safetensors), optimizer, RNG, and the run's `RLState` (step, history, KL controller,
+prompt position, running baseline, reward statistics, snapshot records) as one object. Sampling noise and
+minibatch order are seeded by step, so they need no state."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,42 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.checkpoints import latest_valid, prune, write_index
 from pipeline.faults import crash_point
+from stages.rl.advantages import RunningMeanBaseline
+from stages.rl.collect import PromptStream
+from stages.rl.kl import AdaptiveKLController, FixedKLController
+from stages.rl.rewards import RunningMoments
 
 
 @dataclass
-class TrainingState:
-    step: int
-    history: list[dict]
-    kl_controller: dict
-    prompt_stream: dict
-    extra: dict[str, Any]
+class RLState:
+    """What an RL run changes besides weights and optimizer, saved and restored as one."""
+
+    stream: PromptStream
+    kl: AdaptiveKLController | FixedKLController
+    running: RunningMeanBaseline
+    reward_moments: RunningMoments
+    batch_size: int  # prompts drawn per stream batch (to replay the stream's draws)
+    step: int = 0  # the last finished step
+    history: list[dict] = field(default_factory=list)  # one row per finished step
+    snapshots: list[dict] = field(default_factory=list)  # evaluation snapshot records
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "history": self.history,
+            "snapshots": self.snapshots,
+            "prompt_batches": self.stream.batches,
+            "kl_controller": self.kl.state_dict(),
+            "running_baseline": self.running.state_dict(),
+            "reward_moments": self.reward_moments.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.history, self.snapshots = state["step"], state["history"], state["snapshots"]
+        self.stream.fast_forward(state["prompt_batches"], self.batch_size)
+        self.kl.load_state_dict(state["kl_controller"])
+        self.running.load_state_dict(state["running_baseline"])
+        self.reward_moments.load_state_dict(state["reward_moments"])
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -34,7 +62,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save(folder: Path, state: TrainingState, models: dict[str, torch.nn.Module], optimizer) -> None:
+def save(folder: Path, state: RLState, models: dict[str, torch.nn.Module], optimizer) -> None:
     """Write into `<folder>.tmp`, seal it with the index, then rename: a crash leaves no usable half."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -44,13 +72,14 @@ def save(folder: Path, state: TrainingState, models: dict[str, torch.nn.Module],
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     crash_point("ppo.checkpoint", state.step)
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")  # sampling noise is seeded by step
-    (tmp / "state.json").write_text(json.dumps(state.__dict__))
+    (tmp / "state.json").write_text(json.dumps(state.state_dict()))
     write_index(tmp, state.step)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def load(folder: Path, models: dict[str, torch.nn.Module], optimizer) -> TrainingState:
+def load(folder: Path, state: RLState, models: dict[str, torch.nn.Module], optimizer) -> None:
+    """Restore weights, optimizer, RNG and `state` from a verified checkpoint folder."""
     for name, model in models.items():
         weights = load_file(folder / f"{name}.safetensors")
         missing = set(weights) - {n for n, _ in model.named_parameters()}
@@ -60,7 +89,7 @@ def load(folder: Path, models: dict[str, torch.nn.Module], optimizer) -> Trainin
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
-    return TrainingState(**json.loads((folder / "state.json").read_text()))
+    state.load_state_dict(json.loads((folder / "state.json").read_text()))
 
 
 class CheckpointSchedule:

@@ -33,34 +33,20 @@ from pipeline.config import (
 from pipeline.config_schema import InvalidValue
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.errors import ConfigError, UserError
-from pipeline.faults import crash_point
 from pipeline.health import HealthMonitor
 from pipeline.log import log
-from pipeline.models import load_tokenizer, token_scores
+from pipeline.models import load_tokenizer
 from reward_models.functions import load_reward_function
 from stages.base import StageContext, StageResult
 from stages.outputs import logs_dir, save_with_adapter
 from stages.rl import algorithms, checkpoint, registry
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
-from stages.rl.kl import AdaptiveKLController, FixedKLController, masked_kl
-from stages.rl.models import (
-    SharedValueHead,
-    backbone_and_lm_head,
-    build_policy,
-    build_reference,
-    build_value_model,
-    reference_mode,
-)
-from stages.rl.rewards import RewardMix, build_reward_mix, overlong_penalty, penalize_unfinished
+from stages.rl.experience import Sampler, behaviour, build_models, greedy_baseline
+from stages.rl.kl import AdaptiveKLController, FixedKLController
 from stages.rl.rollout import (
-    Rollout,
-    SamplingNoise,
-    batched_logprobs_and_values,
-    batched_response_logprobs,
     encode_prompts,
     left_pad,
-    sample,
     stop_token_ids,
 )
 from stages.rl.snapshots import Snapshotter
@@ -259,12 +245,6 @@ def check(cfg: Config) -> None:
             load_reward_function(cfg.eval_gold)
 
 
-def values_of(value_model, rollout: Rollout) -> torch.Tensor:
-    """V(s_t) for each response position: the value head read at the token before it."""
-    scores = token_scores(value_model, rollout.sequence_ids, rollout.sequence_mask)
-    return scores[:, rollout.query_ids.shape[1] - 1 : -1].float()
-
-
 def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snapshotter | None:
     if not cfg.eval_every:
         return None
@@ -290,80 +270,6 @@ def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snap
     )
 
 
-def build_models(cfg: Config, ctx: StageContext, tokenizer, device):
-    """Policy (+ frozen reference, or none with LoRA), reward sources, and PPO's value model."""
-    policy = build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code, cfg.dtype).to(device)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    reference = build_reference(policy)
-    rm_path = ctx.inputs.get("reward_model")
-    rewards = build_reward_mix(
-        rm_path,
-        cfg.reward_model_weight,
-        cfg.reward_functions,
-        tokenizer,
-        device,
-        cfg.reward_clip,
-        cfg.normalize_rewards,
-        cfg.trust_remote_code,
-    )
-    value_model = None
-    has_value_model = registry.get_algorithm(cfg.algorithm).value_model
-    if has_value_model and cfg.shared_value_head:
-        value_model = SharedValueHead(backbone_and_lm_head(policy)[1].in_features).to(device)
-    elif has_value_model:
-        from_rm = cfg.value_init == "reward_model"
-        if from_rm and not rewards.sources[0].same_tokenizer:
-            raise ConfigError(
-                "The reward model's tokenizer differs from the policy's, so its weights cannot "
-                "start a value head that reads policy tokens: set value_init: policy."
-            )
-        value_model = build_value_model(
-            rm_path if from_rm else ctx.inputs["policy"], from_rm, cfg.trust_remote_code, cfg.dtype
-        ).to(device)
-        value_model.config.pad_token_id = tokenizer.pad_token_id
-    return policy, reference, rewards, value_model
-
-
-def reference_logprobs(policy, reference, rollout: Rollout, temperature: float, chunk: int) -> torch.Tensor:
-    with reference_mode(policy, reference) as ref_model:
-        return batched_response_logprobs(ref_model, rollout, temperature, chunk)
-
-
-def greedy_baseline(
-    cfg: Config,
-    policy,
-    reference,
-    rewards: RewardMix,
-    tokenizer,
-    prompts: list[str],
-    query_ids: torch.Tensor,
-    query_mask: torch.Tensor,
-    stop_ids: list[int],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """ReMax's baseline: the greedy response to each prompt, scored like the samples (the same reward sources
-    and missing-EOS penalty) and, when the KL is a reward penalty, with its per-token KL to the reference."""
-    greedy = sample(
-        policy,
-        query_ids,
-        query_mask,
-        cfg.max_new_tokens,
-        cfg.temperature,
-        stop_ids,
-        tokenizer.pad_token_id,
-        greedy=True,
-    )
-    text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-    raw = rewards.score(greedy, prompts, text, tokenizer.eos_token_id, update=False)["total"]
-    scores = penalize_unfinished(raw.to(query_ids.device), greedy.ended, cfg.missing_eos_penalty)
-    if cfg.kl_is_loss or cfg.kl_coef == 0:
-        return scores, None
-    chunk = cfg.batch_size * cfg.group_size
-    logprobs = batched_response_logprobs(policy, greedy, cfg.temperature, chunk)
-    ref = reference_logprobs(policy, reference, greedy, cfg.temperature, chunk)
-    return scores, masked_kl(logprobs, ref, greedy.response_mask, cfg.kl_estimator)
-
-
 def global_row_stats(values: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, float]:
     return {key: algorithms.global_mean(value.float().cpu(), weight) for key, value in values.items()}
 
@@ -378,33 +284,8 @@ def unique_fraction(completions: list[str], weight: torch.Tensor) -> float:
     return len(set(flat)) / max(len(flat), 1)
 
 
-def run(ctx: StageContext) -> StageResult:
-    from accelerate import Accelerator
-
-    cfg: Config = ctx.config
-    accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
-    accelerator.init_trackers(ctx.name)
-    device = accelerator.device
-    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, cfg.mixed_precision == "bf16")
-    prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
-
-    # 1. models (not wrapped in DDP: gradients are summed by hand, see update.py), optimizer, controllers
-    tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
-    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
-    stop_ids = stop_token_ids(tokenizer, cfg.stop_token)
-    policy, reference, rewards, value_model = build_models(cfg, ctx, tokenizer, device)
-    trained = {"policy": policy, **({"value_model": value_model} if value_model is not None else {})}
-    params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
-    # fused: one kernel for every parameter instead of a Python loop over them (4x faster on CPU)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, fused=device.type in ("cpu", "cuda"))
-    kl_ctl = (
-        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-        if cfg.adaptive_kl
-        else FixedKLController(cfg.kl_coef)
-    )
-    running = RunningMeanBaseline(cfg.baseline_momentum)
-    algorithm = registry.get_algorithm(cfg.algorithm)
-    settings = UpdateSettings(
+def update_settings(cfg: Config) -> UpdateSettings:
+    return UpdateSettings(
         epochs=cfg.ppo_epochs,
         minibatch_size=cfg.minibatch_size,
         policy_loss=registry.get_policy_loss(cfg.policy_loss),
@@ -421,154 +302,130 @@ def run(ctx: StageContext) -> StageResult:
         skip_nonfinite=cfg.skip_nonfinite,
     )
 
-    # 2. resume from the newest verified checkpoint of an interrupted attempt, if any
-    stream = PromptStream(prompts, ctx.seed)
+
+def fresh_state(cfg: Config, prompts: list[str], seed: int, rewards) -> checkpoint.RLState:
+    kl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else FixedKLController(cfg.kl_coef)
+    )
+    stream = PromptStream(prompts, seed)
+    return checkpoint.RLState(
+        stream, kl, RunningMeanBaseline(cfg.baseline_momentum), rewards.moments, cfg.batch_size
+    )
+
+
+def check_finite(scores: torch.Tensor, stage: str, step: int, last_checkpoint: str | None) -> None:
+    """Stop (on every process alike) before a NaN/inf reward reaches the weights."""
+    if distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all()))) != distributed.world_size():
+        raise UserError(
+            f"Stage '{stage}': a reward is NaN/inf at RL step {step}; stopped before updating "
+            f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
+        )
+
+
+def run(ctx: StageContext) -> StageResult:
+    from accelerate import Accelerator
+
+    cfg: Config = ctx.config
+    accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
+    accelerator.init_trackers(ctx.name)
+    device = accelerator.device
+    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, cfg.mixed_precision == "bf16")
+    prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
     episodes_per_step = cfg.batch_size * cfg.group_size
     steps = max(1, cfg.total_episodes // episodes_per_step)
-    history: list[dict] = []
-    first_step, last_checkpoint = 1, None
+
+    # 1. models (not wrapped in DDP: gradients are summed by hand, see update.py), optimizer, the algorithm
+    tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
+    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
+    stop_ids = stop_token_ids(tokenizer, cfg.stop_token)
+    models = build_models(cfg, ctx.inputs, tokenizer, device)
+    params = [p for m in models.trained.values() for p in m.parameters() if p.requires_grad]
+    # fused: one kernel for every parameter instead of a Python loop over them (4x faster on CPU)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, fused=device.type in ("cpu", "cuda"))
+    algorithm, settings = registry.get_algorithm(cfg.algorithm), update_settings(cfg)
+
+    # 2. the run's state: fresh, or restored as one from the newest verified checkpoint of an interrupted run
+    state, last_checkpoint = fresh_state(cfg, prompts, ctx.seed, models.rewards), None
     resume = checkpoint.resume_point(ctx.work_dir, ctx.name)
     if resume is not None:
-        state = checkpoint.load(resume, trained, optimizer)
-        first_step, history, last_checkpoint = state.step + 1, state.history, str(resume)
-        kl_ctl.load_state_dict(state.kl_controller)
-        stream.fast_forward(state.prompt_stream["batches"], cfg.batch_size)
-        running.load_state_dict(state.extra["running_baseline"])
-        rewards.moments.load_state_dict(state.extra["reward_moments"])
-    snapshots = make_snapshotter(cfg, ctx, tokenizer, rewards) if distributed.is_main() else None
-    if resume is not None and snapshots is not None:
-        snapshots.records = state.extra["snapshots"]
+        checkpoint.load(resume, state, models.trained, optimizer)
+        last_checkpoint = str(resume)
+    snapshots = make_snapshotter(cfg, ctx, tokenizer, models.rewards) if distributed.is_main() else None
     pad = functools.partial(left_pad, pad_id=tokenizer.pad_token_id, device=device)
-    reference_context = functools.partial(reference_mode, policy, reference)
-    if snapshots is not None and first_step == 1:
-        snapshots.take(0, 0, policy.eval(), reference_context, pad)
-
+    if snapshots is not None:
+        snapshots.records = state.snapshots
+        if state.step == 0:
+            snapshots.take(0, 0, models.policy.eval(), models.reference_context, pad)
     schedule = checkpoint.CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_overhead)
     health = HealthMonitor()
-    health.check(history)  # after a resume: do not repeat warnings already given
-    started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    health.check(state.history)  # after a resume: do not repeat warnings already given
+    started = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
     progress = tqdm(
-        range(first_step, steps + 1),
+        range(state.step + 1, steps + 1),
         desc=ctx.name,
-        initial=first_step - 1,
+        initial=state.step,
         total=steps,
         disable=not distributed.is_main(),
     )
     for step in progress:
-        # 3. rollout: this process's prompts, group_size samples each (groups never split across processes),
-        #    scored by every reward source less the penalties; with dynamic sampling, more rounds
-        policy.eval()
-
-        def sample_and_score(
-            prompts: list[str], row_weight: torch.Tensor, round_index: int, step: int = step
-        ):
-            query_ids, query_mask = pad([prompt_ids[p] for p in prompts])
-            rows = distributed.shard(cfg.batch_size)  # a placeholder group's samples are never used
-            first_row = rows.start * cfg.group_size if row_weight.sum() > 0 else 0
-            noise = SamplingNoise(
-                ctx.seed, step, episodes_per_step, slice(first_row, first_row + len(prompts)), round_index
-            )
-            with torch.no_grad(), autocast():
-                rollout = sample(
-                    policy,
-                    query_ids,
-                    query_mask,
-                    cfg.max_new_tokens,
-                    cfg.temperature,
-                    stop_ids,
-                    tokenizer.pad_token_id,
-                    noise=noise,
-                )
-            crash_point("ppo.rollout", step)
-            completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-            eos = tokenizer.eos_token_id  # reward statistics are updated with round 0's scores only
-            parts = rewards.score(
-                rollout, prompts, completions, eos, weight=row_weight, update=round_index == 0
-            )
-            scores = penalize_unfinished(parts["total"].to(device), rollout.ended, cfg.missing_eos_penalty)
-            if cfg.overlong_buffer:
-                lengths = rollout.response_mask.sum(1)
-                scores = scores - overlong_penalty(
-                    lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
-                )
-            return rollout, scores, parts
-
+        # 3. rollouts: this process's prompts, group_size samples each (groups never split across processes),
+        #    scored by every reward source less the penalties; dynamic sampling may add rounds
+        sampler = Sampler(cfg, ctx.seed, step, models, prompt_ids, stop_ids, autocast)
         collected = collect(
-            stream,
+            state.stream,
             tokenizer.pad_token_id,
             cfg.batch_size,
             cfg.group_size,
-            sample_and_score,
+            sampler,
             cfg.dynamic_sampling,
             cfg.max_sampling_rounds,
         )
-        rollout, scores, scored, row_weight = (
-            collected.rollout,
-            collected.scores,
-            collected.parts,
-            collected.row_weight,
-        )
-        batch_prompts, rows = collected.prompts, collected.rows
-        completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        if (
-            not distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all())))
-            == distributed.world_size()
-        ):
-            raise UserError(
-                f"Stage '{ctx.name}': a reward is NaN/inf at RL step {step}; stopped before updating "
-                f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."
-            )
-        rollout.response_mask = rollout.response_mask * row_weight.to(device)[:, None]
+        rollout, scores, row_weight = collected.rollout, collected.scores, collected.row_weight.to(device)
+        check_finite(scores, ctx.name, step, last_checkpoint)
+        rollout.response_mask = rollout.response_mask * row_weight[:, None]
         mask = rollout.response_mask
-        with torch.no_grad(), autocast():
-            if isinstance(value_model, SharedValueHead):
-                old_logprobs, old_values = batched_logprobs_and_values(
-                    policy, value_model, rollout, cfg.temperature, episodes_per_step
-                )
-            else:
-                old_logprobs = batched_response_logprobs(policy, rollout, cfg.temperature, episodes_per_step)
-                old_values = values_of(value_model, rollout) if value_model is not None else None
-            ref_logprobs = reference_logprobs(policy, reference, rollout, cfg.temperature, episodes_per_step)
-        greedy_scores = greedy_kl = None
-        if cfg.baseline == "greedy":
-            with torch.no_grad(), autocast():
-                query_ids, query_mask = pad([prompt_ids[p] for p in batch_prompts])
-                greedy_scores, greedy_kl = greedy_baseline(
-                    cfg, policy, reference, rewards, tokenizer, batch_prompts, query_ids, query_mask, stop_ids
-                )
 
-        # 5. advantages: the KL to the reference as a per-token penalty, or (kl_in_loss) a loss term
-        kl = masked_kl(old_logprobs, ref_logprobs, mask, cfg.kl_estimator)
-        kl_coef = kl_ctl.value  # the coefficient that shapes this step
-        weight = row_weight.to(device)
-        scored_batch = algorithms.ScoredBatch(
+        # 4. the rollout under the policy that sampled it and under the reference: log-probs, values, KL
+        with autocast():
+            old = behaviour(models, rollout, cfg, episodes_per_step)
+            greedy_scores, greedy_kl = (
+                greedy_baseline(cfg, models, collected.prompts, prompt_ids, stop_ids)
+                if cfg.baseline == "greedy"
+                else (None, None)
+            )
+
+        # 5. advantages: the algorithm's estimator; the KL as a per-token penalty, or (kl_in_loss) a loss term
+        kl_coef = state.kl.value  # the coefficient that shapes this step
+        scored = algorithms.ScoredBatch(
             scores,
-            kl,
+            old.kl,
             0.0 if cfg.kl_is_loss else kl_coef,
             mask,
             rollout.last_index,
-            weight,
+            row_weight,
             cfg.group_size,
-            values=old_values,
+            values=old.values,
             greedy_scores=greedy_scores,
             greedy_kl=greedy_kl,
-            running=running,
+            running=state.running,
         )
-        result = algorithms.compute(algorithm, scored_batch, cfg)
+        result = algorithms.compute(algorithm, scored, cfg)
 
-        # 6. clipped updates over minibatches of the global batch
-        policy.train()
+        # 6. the algorithm's policy loss over minibatches of the global batch, for ppo_epochs
+        models.policy.train()
         settings.kl_loss_coef = kl_coef if cfg.kl_is_loss else 0.0
         loss_mask = mask * rollout.ended[:, None] if cfg.mask_truncated else None
         batch = UpdateBatch(
-            rollout, old_logprobs, ref_logprobs, result.advantages, old_values, result.returns, loss_mask
+            rollout, old.logprobs, old.ref_logprobs, result.advantages, old.values, result.returns, loss_mask
         )
-        local = rows if row_weight.sum() > 0 else slice(0, 0)
+        local = collected.rows if row_weight.sum() > 0 else slice(0, 0)
         with autocast():
             stats = update(
                 settings,
-                policy,
-                value_model,
+                models.policy,
+                models.value_model,
                 optimizer,
                 batch,
                 step,
@@ -581,16 +438,17 @@ def run(ctx: StageContext) -> StageResult:
         means = global_row_stats(
             {
                 "reward": scores,
-                "kl": kl.sum(1),
+                "kl": old.kl.sum(1),
                 "response_length": mask.sum(1),
                 "ended_fraction": rollout.ended.float(),
-                **{f"reward/{k}": v for k, v in scored.items() if k != "total"},
+                **{f"reward/{k}": v for k, v in collected.parts.items() if k != "total"},
             },
             row_weight,
         )
-        kl_ctl.update(means["kl"], episodes_per_step)
+        state.kl.update(means["kl"], episodes_per_step)
 
-        # 7. log and checkpoint (the main process writes; the others wait)
+        # 7. log, snapshot and checkpoint (the main process writes; the others wait)
+        completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         row = {
             "step": step,
             "episodes": step * episodes_per_step,
@@ -601,40 +459,36 @@ def run(ctx: StageContext) -> StageResult:
             **collected.stats,  # dynamic sampling: groups without signal, rounds, groups dropped
             **stats,
         }
-        history.append(row)
+        state.step = step
+        state.history.append(row)
         accelerator.log(row, step=step)
-        for warning in health.check(history):  # each warning once, with the step it began
+        for warning in health.check(state.history):  # each warning once, with the step it began
             log(f"[{ctx.name}] warning: {warning.message}")
         if step % cfg.log_every == 0:
             progress.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
         if snapshots is not None and (step % cfg.eval_every == 0 or step == steps):
-            snap = snapshots.take(step, step * episodes_per_step, policy.eval(), reference_context, pad)
+            snap = snapshots.take(
+                step, step * episodes_per_step, models.policy.eval(), models.reference_context, pad
+            )
             accelerator.log({f"eval/{k}": v for k, v in snap["rewards"].items()}, step=step)
         # the main process's clock decides, so that every process writes (and waits) at the same steps
         if distributed.all_sum(torch.tensor(float(distributed.is_main() and schedule.due(step, steps)))) > 0:
             folder = checkpoint.checkpoint_folder(ctx.work_dir, step)
             with schedule.writing():
                 if distributed.is_main():
-                    extra = {
-                        "running_baseline": running.state_dict(),
-                        "reward_moments": rewards.moments.state_dict(),
-                        "snapshots": snapshots.records if snapshots is not None else [],
-                    }
-                    state = checkpoint.TrainingState(
-                        step, history, kl_ctl.state_dict(), {"batches": stream.batches}, extra
-                    )
-                    checkpoint.save(folder, state, trained, optimizer)
+                    checkpoint.save(folder, state, models.trained, optimizer)
                     checkpoint.keep_newest(ctx.work_dir, cfg.keep_checkpoints)
                 distributed.barrier()
             last_checkpoint = str(folder)
 
     # 8. save the policy (LoRA merged; the adapter kept beside it)
     if distributed.is_main():
-        save_with_adapter(policy, tokenizer, ctx.out_dir)
+        save_with_adapter(models.policy, tokenizer, ctx.out_dir)
         if snapshots is not None:
             (ctx.out_dir / "snapshots.json").write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
     distributed.barrier()
     accelerator.end_training()
+    history = state.history
     window = max(1, len(history) // 4)
     elapsed = history[-1]["elapsed_s"]
     metrics = {
