@@ -25,9 +25,9 @@ from reward_models.gold import (
     reviews_gold,
     support_gold,
 )
-from reward_models.rules import arithmetic_exact, copy_exact
+from reward_models.rules import arithmetic_exact, copy_exact, sort_exact
 
-TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic", "copy")
+TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic", "copy", "sort")
 SPLITS: tuple[str, ...] = ("corpus", "sft", "prefs", "prompts", "eval_prompts")
 SIZES: dict[str, int] = {"corpus": 4000, "sft": 2000, "prefs": 2000, "prompts": 512, "eval_prompts": 128}
 SUPERVISED_TASKS: tuple[str, ...] = ("sentiment", "ner", "summary")  # for the `task` stage
@@ -285,13 +285,17 @@ def _arithmetic_filler(rng: random.Random) -> str:
 _COPY_LENGTH = 3
 
 
-def _copy_pool(held_out: bool) -> list[tuple[str, str]]:
+def _digit_pool(verb: str, held_out: bool) -> list[tuple[str, str]]:
     """(prompt, digits) for every _COPY_LENGTH-digit string, split by a checksum into train and held-out."""
     return [
-        (f"q : copy {digits} = ?", digits)
+        (f"q : {verb} {digits} = ?", digits)
         for digits in (" ".join(t) for t in itertools.product("0123456789", repeat=_COPY_LENGTH))
         if _copy_string_held_out(digits) == held_out
     ]
+
+
+def _copy_pool(held_out: bool) -> list[tuple[str, str]]:
+    return _digit_pool("copy", held_out)
 
 
 def _copy_string_held_out(digits: str) -> bool:
@@ -301,7 +305,13 @@ def _copy_string_held_out(digits: str) -> bool:
 def _copy_completion(rng: random.Random, digits: str, flaw_rate: float) -> str:
     """ " a : <digits> ." right ARITHMETIC_CORRECT_RATE of the time, else one digit changed, dropped or
     swapped; with flaw_rate, cut before " ." instead."""
-    tokens = digits.split()
+    return _digit_answer(rng, digits.split(), flaw_rate)
+
+
+def _digit_answer(rng: random.Random, tokens: list[str], flaw_rate: float) -> str:
+    """ " a : <tokens> ." right ARITHMETIC_CORRECT_RATE of the time, else one digit changed, dropped or
+    swapped; with flaw_rate, cut before " ." instead."""
+    tokens = list(tokens)
     if rng.random() >= ARITHMETIC_CORRECT_RATE:
         i = rng.randrange(len(tokens))
         mistake = rng.choice(("change", "drop", "swap"))
@@ -321,6 +331,25 @@ def _copy_filler(rng: random.Random) -> str:
     while _copy_string_held_out(digits):  # held-out strings appear in eval_prompts only
         digits = " ".join(str(rng.randint(0, 9)) for _ in range(_COPY_LENGTH))
     return f"the digits {digits} again : {digits} ."
+
+
+# ---------------------------------------------------------------- sort: a verifiable reward, a rule to find
+# "q : sort 3 9 4 = ?" -> " a : 3 4 9 .": the answer's i-th digit is the i-th smallest of the prompt's, a
+# rule (not a lookup) that held-out strings test, as copy's; the strings and their split are copy's.
+def _sort_pool(held_out: bool) -> list[tuple[str, str]]:
+    return _digit_pool("sort", held_out)
+
+
+def _sort_completion(rng: random.Random, digits: str, flaw_rate: float) -> str:
+    """The sorted digits, with copy's mistakes and flaws (so SFT is right about half the time)."""
+    return _digit_answer(rng, sorted(digits.split()), flaw_rate)
+
+
+def _sort_filler(rng: random.Random) -> str:
+    digits = " ".join(str(rng.randint(0, 9)) for _ in range(_COPY_LENGTH))
+    while _copy_string_held_out(digits):  # held-out strings appear in eval_prompts only
+        digits = " ".join(str(rng.randint(0, 9)) for _ in range(_COPY_LENGTH))
+    return f"the digits {digits} in order : {' '.join(sorted(digits.split()))} ."
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -370,6 +399,15 @@ _SPECS: dict[str, _TaskSpec] = {
         _copy_completion,
         _copy_filler,
         copy_exact,
+        flaw_rate=ARITHMETIC_FLAW_RATE,
+        corpus_sees_held_out=False,
+    ),
+    "sort": _TaskSpec(
+        _sort_pool(False),
+        _sort_pool(True),
+        _sort_completion,
+        _sort_filler,
+        sort_exact,
         flaw_rate=ARITHMETIC_FLAW_RATE,
         corpus_sees_held_out=False,
     ),

@@ -1,6 +1,6 @@
-"""Programmatic reward functions with TRL's signature: the "arithmetic" and "copy" demo tasks' verifiable
-rewards (also their gold scorers), a format check, and two generic shaping terms. Name one in a config as
-`reward_models.rules:NAME`."""
+"""Programmatic reward functions with TRL's signature: the "arithmetic", "copy" and "sort" demo tasks'
+verifiable rewards (also their gold scorers), a format check, and two generic shaping terms. Name one in a
+config as `reward_models.rules:NAME`."""
 
 from __future__ import annotations
 
@@ -76,9 +76,21 @@ def copy_exact(prompts: list[str], completions: list[str], **kwargs) -> list[flo
 
     The "copy" demo task's verifiable reward and gold scorer: "q : copy 3 9 4 = ?" -> " a : 3 9 4 .".
     """
+    return _digits_answered(prompts, completions, "copy", lambda digits: digits)
+
+
+def sort_exact(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
+    """1.0 if the completion's answer is the digits after "sort" in the prompt in ascending order, else 0.0.
+
+    The "sort" demo task's verifiable reward and gold scorer: "q : sort 3 9 4 = ?" -> " a : 3 4 9 .".
+    """
+    return _digits_answered(prompts, completions, "sort", sorted)
+
+
+def _digits_answered(prompts, completions, verb: str, expected) -> list[float]:
     scores = []
     for prompt, completion in zip(prompts, completions):
-        wanted = _as_text(prompt).split("copy", 1)[-1].split("=", 1)[0].split()
+        wanted = expected(_as_text(prompt).split(verb, 1)[-1].split("=", 1)[0].split())
         answer = _as_text(completion).split(".", 1)[0].replace("a :", "", 1).split()
         scores.append(1.0 if answer == wanted else 0.0)
     return scores

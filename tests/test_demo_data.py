@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import demo_data
 from reward_models.gold import GOLD_SCORERS, reviews_gold, support_gold
-from reward_models.rules import arithmetic_exact, arithmetic_format, copy_exact
+from reward_models.rules import arithmetic_exact, arithmetic_format, copy_exact, sort_exact
 
 FIELDS = {
     "corpus": {"text"},
@@ -27,7 +27,7 @@ FIELDS = {
 }
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE_TASKS = ("reviews", "support")  # the tasks with a grammar of words and a graded gold score
-GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact, "copy": copy_exact}
+GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact, "copy": copy_exact, "sort": sort_exact}
 
 
 @cache
@@ -210,12 +210,13 @@ def test_arithmetic_eval_operand_pairs_never_in_training_or_corpus():
     assert not training & held_out
 
 
-def test_copy_held_out_strings_never_in_training_or_corpus():
-    """No held-out string is asked, or copied right, anywhere in training. (A wrong answer to a training
+@pytest.mark.parametrize("task, shown", [("copy", "again"), ("sort", "in order")])
+def test_held_out_digit_strings_never_in_training_or_corpus(task, shown):
+    """No held-out string is asked, or answered right, anywhere in training. (A wrong answer to a training
     prompt may spell one by chance: it pairs it with another question, so it teaches nothing about it.)"""
-    splits = data("copy")
-    asked = re.compile(r"copy ([0-9] [0-9] [0-9]) = \?")
-    copied = re.compile(r"the digits ([0-9] [0-9] [0-9]) again")
+    splits = data(task)
+    asked = re.compile(rf"{task} ([0-9] [0-9] [0-9]) = \?")
+    copied = re.compile(rf"the digits ([0-9] [0-9] [0-9]) {shown}")
     held_out = {m for r in splits["eval_prompts"] for m in asked.findall(r["prompt"])}
     training_text = [value for split in ("corpus", "sft", "prefs", "prompts") for r in splits[split]
                      for value in r.values()]  # fmt: skip
@@ -224,9 +225,10 @@ def test_copy_held_out_strings_never_in_training_or_corpus():
     assert not seen & held_out
 
 
-def test_copy_sft_answers_are_right_about_half_the_time():
-    sft = data("copy")["sft"]
-    rate = statistics.mean(copy_exact([r["prompt"] for r in sft], [r["completion"] for r in sft]))
+@pytest.mark.parametrize("task", ["copy", "sort"])
+def test_digit_task_sft_answers_are_right_about_half_the_time(task):
+    sft = data(task)["sft"]
+    rate = statistics.mean(GOLD[task]([r["prompt"] for r in sft], [r["completion"] for r in sft]))
     assert 0.38 <= rate <= 0.52  # ARITHMETIC_CORRECT_RATE: room for RL against the verifiable reward
 
 

@@ -200,3 +200,12 @@ def test_copy_exact_compares_the_digits_after_copy():
     # exact; exact without the final period; a changed digit; a dropped digit
     completions = [" a : 3 9 4 .", " a : 3 9 4", " a : 3 9 5 .", " a : 3 9 ."]
     assert copy_exact(prompts, completions) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_sort_exact_wants_the_digits_in_ascending_order():
+    from reward_models.rules import sort_exact
+
+    prompts = ["q : sort 3 9 4 = ?"] * 4 + ["q : sort 7 1 7 = ?"]
+    # sorted; sorted without the period; copied unsorted; descending; repeated digits kept
+    completions = [" a : 3 4 9 .", " a : 3 4 9", " a : 3 9 4 .", " a : 9 4 3 .", " a : 1 7 7 ."]
+    assert sort_exact(prompts, completions) == [1.0, 1.0, 0.0, 0.0, 1.0]
