@@ -63,6 +63,21 @@ def stage_config(tiny_run: Path, stage: str) -> dict:
             "max_new_tokens": 8,
             "checkpoint_every": 1,
         },
+        "dapo": {  # a group algorithm whose dynamic sampling draws a varying number of prompt batches
+            "kind": "rl",
+            "algorithm": "dapo",
+            "policy": str(tiny_run / "sft"),
+            "reward_model": None,
+            "reward_functions": {"reward_models.rules:ends_with_period": 1.0},
+            "prompts": "demo:reviews/prompts",
+            "total_episodes": 64,
+            "batch_size": 4,
+            "group_size": 4,
+            "minibatch_size": 8,
+            "ppo_epochs": 2,
+            "max_new_tokens": 8,
+            "checkpoint_every": 1,
+        },
     }
     return {"name": "resume", "seed": 3, "threads": 1, "stages": {stage: blocks[stage]}}
 
@@ -99,7 +114,7 @@ def weights(run_dir: Path, stage: str) -> dict:
 def uninterrupted(tiny_run, tmp_path_factory):
     """Each stage run once without a crash: the reference every resumed run must reproduce."""
     results = {}
-    for stage in ("pretrain", "sft", "ppo"):
+    for stage in ("pretrain", "sft", "ppo", "dapo"):
         run_dir = tmp_path_factory.mktemp(f"clean-{stage}") / "run"
         completed = run_cli(stage_config(tiny_run, stage), run_dir)
         assert completed.returncode == 0, completed.stderr[-3000:]
@@ -116,6 +131,7 @@ def uninterrupted(tiny_run, tmp_path_factory):
         ("ppo", "ppo.update:3", False),  # mid-update: the first minibatch already stepped the weights
         ("ppo", "ppo.checkpoint:2", False),  # while writing checkpoint 2: it must not be trusted
         ("ppo", "ppo.update:3", True),  # the RL stage's default: no checkpoint_every, checkpoints by time
+        ("dapo", "ppo.update:3", False),  # a group algorithm, with dynamic sampling's extra prompt draws
     ],
 )
 def test_a_killed_stage_resumes_to_the_same_result(
