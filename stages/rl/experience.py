@@ -6,7 +6,6 @@ The stage (stages/rl/stage.py) calls these in order; each is a short function of
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -188,8 +187,7 @@ def greedy_baseline(
     and penalties) and, when the KL is a reward penalty, with its per-token KL to the reference."""
     tokenizer = models.tokenizer
     device = next(models.policy.parameters()).device
-    pad = functools.partial(left_pad, pad_id=tokenizer.pad_token_id, device=device)
-    query_ids, query_mask = pad([prompt_ids[p] for p in prompts])
+    query_ids, query_mask = left_pad([prompt_ids[p] for p in prompts], tokenizer.pad_token_id, device)
     greedy = sample(
         models.policy,
         query_ids,
