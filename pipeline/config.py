@@ -107,7 +107,10 @@ class TrainingConfig(StageConfig):
 
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch of one optimizer step, whatever the processes and micro-batches
+    # rows per forward/backward on each process; gradients of batch_size / (processes x micro_batch_size)
+    # micro-batches are accumulated. None: the whole per-process batch at once.
+    micro_batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
@@ -121,7 +124,12 @@ class TrainingConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "lr", "batch_size", "epochs", "log_every")
+        check_positive(self, "lr", "batch_size", "epochs", "log_every", "micro_batch_size")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise InvalidValue(
+                "micro_batch_size",
+                f"({self.micro_batch_size}) must divide batch_size ({self.batch_size}).",
+            )
         if self.max_steps != -1 and self.max_steps <= 0:
             raise InvalidValue("max_steps", f"must be -1 (train for `epochs`) or > 0, got {self.max_steps}.")
         check_at_least(self, 0, "weight_decay")

@@ -29,7 +29,7 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         output_dir=str(ctx.work_dir / "trainer"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=per_process_batch(cfg.batch_size),
+        **batch_arguments(cfg.batch_size, cfg.micro_batch_size),
         per_device_eval_batch_size=per_process_batch(max(cfg.batch_size, 32)),
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -65,6 +65,18 @@ def rows_tokenizer_and_model(
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
     model = load_model(auto_class, source, cfg.trust_remote_code, cfg.dtype, **kwargs)
     return train_rows, eval_rows, tokenizer, model
+
+
+def batch_arguments(batch_size: int, micro_batch_size: int | None) -> dict[str, int]:
+    """The Trainer's per-device batch and accumulation steps that make `batch_size` the global batch."""
+    per_process = per_process_batch(batch_size)
+    micro = micro_batch_size or per_process
+    if per_process % micro:
+        raise ConfigError(
+            f"micro_batch_size ({micro}) must divide each process's share of batch_size ({batch_size} / "
+            f"{distributed.world_size()} processes = {per_process})."
+        )
+    return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": per_process // micro}
 
 
 def per_process_batch(batch_size: int) -> int:

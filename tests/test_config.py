@@ -234,6 +234,23 @@ UP_FRONT = {
         "Config key 'stages.sft.max_steps' must be -1 (train for `epochs`) or > 0, got -5.",
     ),
     "log-every": (["stages.reward.log_every=0"], "Config key 'stages.reward.log_every' must be > 0, got 0."),
+    "micro-batch-divides": (
+        ["stages.sft.micro_batch_size=5"],
+        "Config key 'stages.sft.micro_batch_size' (5) must divide batch_size (16).",
+    ),
+    "rl-micro-batch": (
+        ["stages.ppo.micro_batch_size=0"],
+        "Config key 'stages.ppo.micro_batch_size' must be > 0, got 0.",
+    ),
+    "rl-kl-target": (["stages.ppo.kl_target=-1"], "Config key 'stages.ppo.kl_target' must be > 0, got -1.0."),
+    "rl-baseline-momentum": (
+        ["stages.ppo.baseline_momentum=2"],
+        "Config key 'stages.ppo.baseline_momentum' must be in [0, 1), got 2.0.",
+    ),
+    "rl-algorithm": (
+        ["stages.ppo.algorithm=grpoo"],
+        "Config key 'stages.ppo.algorithm' must be one of",
+    ),
     "checkpoint-every": (
         ["stages.sft.checkpoint_every=0"],
         "Config key 'stages.sft.checkpoint_every' must be > 0, or null for no resumable checkpoints; got 0.",

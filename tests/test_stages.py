@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def stage_metrics(run_dir, name):
     return json.loads((run_dir / name / "rlhf_stage.json").read_text())["metrics"]
@@ -111,3 +113,28 @@ def test_pretrain_without_held_out_data_and_with_a_tokenizer_only_folder(tiny_ru
     metrics = json.loads((out / "rlhf_stage.json").read_text())["metrics"]
     assert "train_loss" in metrics and not any(key.startswith("eval_") for key in metrics)
     AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.parametrize(
+    "kind, block",
+    [
+        ("sft", {"data": "demo:reviews/sft"}),
+        ("reward", {"data": "demo:reviews/prefs"}),
+        ("dpo", {"data": "demo:reviews/prefs"}),
+    ],
+)
+def test_micro_batches_with_gradient_accumulation_train_like_the_whole_batch(tiny_run, tmp_path, kind, block):
+    """batch_size 16 as 4 micro-batches of 4 with accumulated gradients: the same optimizer steps."""
+    from safetensors.torch import load_file
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    base = {"kind": kind, "init_from": str(tiny_run / "sft"), "max_steps": 3, "batch_size": 16, "lr": 1e-3}
+    outputs = {}
+    for name, extra in (("whole", {}), ("micro", {"micro_batch_size": 4})):
+        config = load_config(None, data={"threads": 2, "stages": {kind: {**base, **block, **extra}}})
+        run_standalone(config, kind, None, tmp_path / name)
+        outputs[name] = load_file(tmp_path / name / "model.safetensors")
+    whole, micro = outputs["whole"], outputs["micro"]
+    assert max(float((whole[k] - micro[k]).abs().max()) for k in whole) < 1e-4

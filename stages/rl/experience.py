@@ -203,7 +203,7 @@ def greedy_baseline(
     scores = shaped_scores(cfg, raw, greedy)
     if cfg.kl_is_loss or cfg.kl_coef == 0:
         return scores, None
-    chunk = cfg.batch_size * cfg.group_size
+    chunk = cfg.micro_batch_size or cfg.batch_size * cfg.group_size
     logprobs = batched_response_logprobs(models.policy, greedy, cfg.temperature, chunk)
     ref = reference_logprobs(models, greedy, cfg.temperature, chunk)
     return scores, masked_kl(logprobs, ref, greedy.response_mask, cfg.kl_estimator)

@@ -70,7 +70,10 @@ class Config(StageConfig):
     total_episodes: int = 1024  # sampled responses over the whole stage
     batch_size: int = 64  # prompts per rollout
     group_size: int = 1  # samples per prompt (GRPO and RLOO need >= 2)
-    minibatch_size: int = 16  # responses per gradient step
+    minibatch_size: int = 16  # responses per gradient step (over all processes)
+    # rows per forward/backward (gradients accumulate over the minibatch) and per no-grad pass (old and
+    # reference log-probabilities, values). None: a whole minibatch / the whole batch at once.
+    micro_batch_size: int | None = None
     ppo_epochs: int = 4  # update epochs over each rollout batch (all algorithms)
     lr: float = 3e-4
     max_grad_norm: float = 1.0
@@ -145,6 +148,7 @@ class Config(StageConfig):
             "log_every",
             "keep_checkpoints",
             "eval_max_prompts",
+            "micro_batch_size",
         )
         check_positive_if_set(self, "checkpoint_every", "checkpoints by checkpoint_overhead")
         check_positive_if_set(self, "eval_every", "no evaluation snapshots")
@@ -288,6 +292,7 @@ def update_settings(cfg: Config) -> UpdateSettings:
     return UpdateSettings(
         epochs=cfg.ppo_epochs,
         minibatch_size=cfg.minibatch_size,
+        micro_batch_size=cfg.micro_batch_size,
         policy_loss=registry.get_policy_loss(cfg.policy_loss),
         aggregation=cfg.loss_aggregation,
         clip_low=cfg.clip_range_low,
@@ -389,7 +394,7 @@ def run(ctx: StageContext) -> StageResult:
 
         # 4. the rollout under the policy that sampled it and under the reference: log-probs, values, KL
         with autocast():
-            old = behaviour(models, rollout, cfg, episodes_per_step)
+            old = behaviour(models, rollout, cfg, cfg.micro_batch_size or episodes_per_step)
             greedy_scores, greedy_kl = (
                 greedy_baseline(cfg, models, collected.prompts, prompt_ids, stop_ids)
                 if cfg.baseline == "greedy"

@@ -39,6 +39,7 @@ class UpdateBatch:
 class UpdateSettings:
     epochs: int
     minibatch_size: int
+    micro_batch_size: int | None  # rows per forward/backward; gradients accumulate over a minibatch
     policy_loss: Callable[..., PolicyLossTerms]  # a registered policy loss
     aggregation: str  # how its per-token terms become one number (losses.aggregate)
     clip_low: float
@@ -94,10 +95,17 @@ def update(
             tokens, rows = distributed.all_sum(local_counts).tolist()  # of the global minibatch
             stats: dict[str, Tensor] = {}
             loss = torch.zeros((), device=mask.device)
-            if len(part) > 0 and local_counts[0] > 0:
-                loss, stats = minibatch_backward(
-                    settings, policy, value_model, batch, part, ids, seq_mask, width, tokens, rows
+            # every micro-batch's part is taken over the whole minibatch's counts, so accumulating their
+            # gradients gives the minibatch's gradient exactly
+            for micro in part.split(settings.micro_batch_size or max(len(part), 1)):
+                if len(micro) == 0 or mask[micro].sum() == 0:
+                    continue
+                micro_loss, micro_stats = minibatch_backward(
+                    settings, policy, value_model, batch, micro, ids, seq_mask, width, tokens, rows
                 )
+                loss = loss + micro_loss
+                for key, value in micro_stats.items():
+                    stats[key] = stats.get(key, 0.0) + value
             # A non-finite loss has already put NaNs in this minibatch's gradients; no step is taken with them
             # (the next minibatch starts from zero_grad).
             finite = (
