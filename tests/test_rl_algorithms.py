@@ -53,6 +53,8 @@ def run_rl(block: dict, out) -> dict:
         {"algorithm": "ppo", "shared_value_head": True},  # one trunk for policy and value
         # and with LoRA: the head reads the adapted trunk, the reference is the adapter switched off
         {"algorithm": "ppo", "shared_value_head": True, "lora": {"enabled": True, "r": 8, "alpha": 16}},
+        # a separate value model with LoRA too: its own adapter and a fully trained head
+        {"algorithm": "ppo", "value_init": "policy", "lora": {"enabled": True, "r": 8, "alpha": 16}},
     ],
     ids=[
         "grpo",
@@ -62,6 +64,7 @@ def run_rl(block: dict, out) -> dict:
         "ppo-adaptive-kl",
         "ppo-shared-value-head",
         "ppo-shared-value-head-lora",
+        "ppo-lora-value-model",
     ],
 )
 def test_each_algorithm_raises_its_reward(tiny_run, tmp_path, overrides):
@@ -253,3 +256,16 @@ def test_micro_batches_accumulate_to_the_same_update(tiny_run, tmp_path, overrid
         load_file(tmp_path / "whole" / "model.safetensors"),
     )
     assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-4
+
+
+def test_with_lora_the_value_model_trains_an_adapter_and_its_head_only(tiny_run):
+    from pipeline.config import LoraConfig
+    from stages.rl.models import build_value_model
+
+    model = build_value_model(str(tiny_run / "sft"), False, lora=LoraConfig(enabled=True, r=4, alpha=8))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or ".score." in name for name in trainable)
+    assert any(".score." in name for name in trainable)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) < 0.2 * sum(
+        p.numel() for p in model.parameters()
+    )

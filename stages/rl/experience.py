@@ -82,7 +82,7 @@ def build_models(cfg, inputs: dict[str, str], tokenizer, device) -> RLModels:
                 "start a value head that reads policy tokens: set value_init: policy."
             )
         value_model = build_value_model(
-            rm_path if from_rm else inputs["policy"], from_rm, cfg.trust_remote_code, cfg.dtype
+            rm_path if from_rm else inputs["policy"], from_rm, cfg.trust_remote_code, cfg.dtype, cfg.lora
         ).to(device)
         value_model.config.pad_token_id = tokenizer.pad_token_id
     return RLModels(policy, build_reference(policy), rewards, value_model, tokenizer)

@@ -65,15 +65,25 @@ def reference_mode(policy: torch.nn.Module, reference: torch.nn.Module | None) -
 
 
 def build_value_model(
-    source: str, from_reward_model: bool, trust_remote_code: bool = False, dtype: str = "float32"
+    source: str,
+    from_reward_model: bool,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+    lora: LoraConfig | None = None,
 ) -> torch.nn.Module:
-    """A scalar head on a backbone: the reward model's (head included) or the policy's (head zeroed)."""
-    model = disable_dropout(
-        load_model("AutoModelForSequenceClassification", source, trust_remote_code, dtype, num_labels=1)
-    )
+    """A scalar head on a backbone: the reward model's (head included) or the policy's (head zeroed). With
+    `lora` enabled the backbone trains a LoRA adapter and the head trains in full (peft's modules_to_save),
+    as the policy does: no full trainable copy of the backbone, and optimizer state for the adapter only."""
+    model = load_model("AutoModelForSequenceClassification", source, trust_remote_code, dtype, num_labels=1)
     if not from_reward_model:
         torch.nn.init.zeros_(model.score.weight)
-    return model
+    if lora is not None and lora.enabled:
+        from peft import get_peft_model
+
+        from stages.hf_trainer import peft_config
+
+        model = get_peft_model(model, peft_config(lora, "SEQ_CLS"))
+    return disable_dropout(model)
 
 
 class SharedValueHead(torch.nn.Module):
