@@ -23,6 +23,7 @@ from stages.hf_trainer import (
     peft_config,
     rows_tokenizer_and_model,
     trainer_arguments,
+    truncation,
 )
 from stages.outputs import save_with_adapter
 
@@ -166,7 +167,7 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
     )
-    metrics: dict[str, float] = {}
+    metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["chosen", "rejected"])
     if eval_rows:
         before = implicit_reward_margins(reference, reference, cfg.beta)  # all 0: π is still π_ref
         metrics["eval_accuracy_before"] = preference_accuracy(before)

@@ -79,6 +79,26 @@ def batch_arguments(batch_size: int, micro_batch_size: int | None) -> dict[str, 
     return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": per_process // micro}
 
 
+def truncation(rows: list[dict], tokenizer, max_length: int, stage: str, columns: Sequence[str]) -> dict:
+    """How many training rows `max_length` cuts: for each row the longest of prompt + each column in
+    `columns`, in tokens, plus the EOS the trainers append. Logged as a warning when any is cut, and returned
+    as the stage's metrics `truncated_rows` / `truncated_fraction`, so a cut is never silent."""
+    prompts = [row.get("prompt", "") for row in rows]
+    longest = [0] * len(rows)
+    for column in columns:
+        texts = [p + row[column] for p, row in zip(prompts, rows)]
+        lengths = [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        longest = [max(a, b) for a, b in zip(longest, lengths)]
+    cut = sum(length > max_length for length in longest)
+    if cut:
+        log(
+            f"[{stage}] warning: {cut} of {len(rows)} training rows ({cut / len(rows):.1%}) are longer than "
+            f"max_length={max_length} tokens (longest {max(longest)}) and are truncated; raise max_length "
+            "to train on them whole"
+        )
+    return {"truncated_rows": float(cut), "truncated_fraction": cut / max(len(rows), 1)}
+
+
 def per_process_batch(batch_size: int) -> int:
     """`batch_size` is the global batch: the same training whatever the number of processes."""
     world = distributed.world_size()

@@ -21,6 +21,7 @@ from stages.hf_trainer import (
     peft_config,
     rows_tokenizer_and_model,
     trainer_arguments,
+    truncation,
 )
 from stages.outputs import save_with_adapter
 
@@ -76,7 +77,7 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora, "SEQ_CLS"),
     )
-    metrics: dict[str, float] = {}
+    metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["chosen", "rejected"])
     if eval_rows:
         metrics["eval_accuracy_before"] = pairwise_accuracy(
             LearnedRewardModel(trainer.model, tokenizer), eval_rows

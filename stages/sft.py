@@ -15,6 +15,7 @@ from stages.hf_trainer import (
     peft_config,
     rows_tokenizer_and_model,
     trainer_arguments,
+    truncation,
 )
 from stages.outputs import save_with_adapter
 
@@ -62,7 +63,7 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
     )
-    metrics: dict[str, float] = {}
+    metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["completion"])
     if eval_rows:
         metrics["eval_loss_before"] = evaluate_before_training(trainer)["eval_loss"]
     metrics["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss

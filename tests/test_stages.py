@@ -138,3 +138,25 @@ def test_micro_batches_with_gradient_accumulation_train_like_the_whole_batch(tin
         outputs[name] = load_file(tmp_path / name / "model.safetensors")
     whole, micro = outputs["whole"], outputs["micro"]
     assert max(float((whole[k] - micro[k]).abs().max()) for k in whole) < 1e-4
+
+
+def test_rows_longer_than_max_length_are_counted_and_warned_about(tiny_run, tmp_path, capsys):
+    from pipeline.config import load_config
+    from pipeline.runner import run_standalone
+
+    metrics = {}
+    for max_length in (12, 256):
+        block = {
+            "kind": "sft",
+            "init_from": str(tiny_run / "sft"),
+            "data": "demo:reviews/sft",
+            "max_steps": 1,
+        }
+        config = load_config(
+            None, data={"threads": 2, "stages": {"sft": {**block, "max_length": max_length}}}
+        )
+        run_standalone(config, "sft", None, tmp_path / str(max_length))
+        metrics[max_length] = stage_metrics(tmp_path, str(max_length))
+    assert metrics[12]["truncated_rows"] > 0 and 0 < metrics[12]["truncated_fraction"] <= 1
+    assert metrics[256]["truncated_rows"] == 0
+    assert "are longer than max_length=12 tokens" in capsys.readouterr().err
