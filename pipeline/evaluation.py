@@ -18,7 +18,13 @@ from tqdm.auto import tqdm
 from pipeline.config import EvaluationConfig
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.diversity import distinct_n, unique_fraction
-from pipeline.health import best_snapshot, overoptimization_warning, training_warnings
+from pipeline.health import (
+    best_snapshot,
+    overoptimization_warning,
+    snapshot_kl_warning,
+    thresholds,
+    training_warnings,
+)
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
 from pipeline.rundir import atomic_write_json, atomic_write_text
@@ -286,6 +292,8 @@ def run_warnings(
 ) -> dict[str, Any]:
     """`warnings` (training health, then over-optimisation), `snapshots` and `best_checkpoint`."""
     warnings = training_warnings(history, **cfg.health)
+    jump = snapshot_kl_warning(snapshots, thresholds(**cfg.health).kl_max)
+    warnings += [jump] if jump else []
     scored = {key for snapshot in snapshots for key in (snapshot.get("rewards") or {})}
     # Gold if the snapshots were scored by it, else a held-out scorer; the proxy is what RL optimised.
     gold = GOLD if GOLD in scored else next((k for k in sorted(scored) if k != PROXY), None)

@@ -247,6 +247,26 @@ def _scored(snapshots: Iterable[dict], *sources: str) -> list[dict]:
     return sorted(rows, key=lambda s: s["step"])
 
 
+def snapshot_kl_warning(snapshots: list[dict], kl_max: float = Thresholds.kl_max) -> HealthWarning | None:
+    """A snapshot's policy at or above `kl_max` nats from the reference on the held-out prompts.
+
+    The training history logs each step's rollouts before that step's update, so a single update that
+    throws the policy far away (the last one above all) never shows there; a snapshot samples the policy
+    after the update."""
+    for snapshot in sorted(snapshots, key=lambda s: s["step"]):
+        kl = snapshot.get("kl")
+        if isinstance(kl, (int, float)) and (not math.isfinite(kl) or kl >= kl_max):
+            step = int(snapshot["step"])
+            return HealthWarning(
+                "snapshot_kl_runaway",
+                step,
+                f"The policy of the step-{step} snapshot is {kl:.3g} nats from the reference on the held-out "
+                f"prompts (at or above kl_max={kl_max:g}), a distance its training rollouts had not shown: "
+                "an update moved it far at once. Lower lr, use fewer ppo_epochs, or raise kl_coef.",
+            )
+    return None
+
+
 def best_snapshot(snapshots: list[dict], gold: str = "gold") -> dict | None:
     """The snapshot with the highest `gold` score (the earliest on a tie); None if none has one."""
     rows = _scored(snapshots, gold)

@@ -173,3 +173,15 @@ def test_no_overoptimization_while_gold_keeps_up():
     assert overoptimization_warning([]) is None and best_snapshot([]) is None
     # Snapshots scored without gold: no judge, no warning.
     assert overoptimization_warning([{"step": 1, "rewards": {"reward_model": 1.0}}] * 3) is None
+
+
+def test_a_snapshot_far_from_the_reference_is_reported_though_training_looked_calm():
+    """The demo at lr 1e-3 once ended so: training KL about 4 on every logged step, and the last update threw
+    the policy to KL 102 on the held-out prompts (the step-32 snapshot)."""
+    from pipeline.health import snapshot_kl_warning
+
+    snapshots = [{"step": s, "kl": kl} for s, kl in ((0, 0.0), (8, 4.6), (16, 5.8), (24, 4.0), (32, 102.4))]
+    warning = snapshot_kl_warning(snapshots)
+    assert (warning.kind, warning.step) == ("snapshot_kl_runaway", 32) and "102 nats" in warning.message
+    assert snapshot_kl_warning(snapshots[:4]) is None
+    assert snapshot_kl_warning(snapshots, kl_max=200.0) is None
