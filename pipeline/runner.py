@@ -214,8 +214,10 @@ class Runner:
         """Validate every stage's data (and the evaluation's) up front: a bad file fails in seconds,
         not after the stages before it have trained."""
         from stages import stage_module
+        from stages.tracking import check_installed
 
         for name in to_run:
+            check_installed(self.nodes[name].config.report_to, name)
             check = getattr(stage_module(self.nodes[name].kind), "check", None)
             if check is not None:
                 check(self.nodes[name].config)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext
 from stages.outputs import logs_dir
+from stages.tracking import set_locations
 
 
 def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
@@ -110,10 +110,8 @@ def per_process_batch(batch_size: int) -> int:
 
 
 def tracker_setup(report_to: list[str], ctx: StageContext) -> list[str] | str:
-    """Trainer's `report_to`; TensorBoard writes to <run-dir>/logs/<stage> (transformers reads the folder
-    from TENSORBOARD_LOGGING_DIR)."""
-    if "tensorboard" in report_to:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logs_dir(ctx))
+    """Trainer's `report_to`, each tracker pointed at <run-dir>/logs (stages/tracking.py)."""
+    set_locations(report_to, logs_dir(ctx))
     return list(report_to) or "none"
 
 

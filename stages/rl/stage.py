@@ -30,7 +30,7 @@ from pipeline.config import (
     check_range,
     input_field,
 )
-from pipeline.config_schema import InvalidValue
+from pipeline.config_schema import InvalidValue, to_dict
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.errors import ConfigError, UserError
 from pipeline.health import HealthMonitor
@@ -51,6 +51,7 @@ from stages.rl.rollout import (
 )
 from stages.rl.snapshots import Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
+from stages.tracking import set_locations, tracker_keys
 
 
 @dataclass
@@ -288,6 +289,17 @@ def unique_fraction(completions: list[str], weight: torch.Tensor) -> float:
     return len(set(flat)) / max(len(flat), 1)
 
 
+def flat_config(cfg: Config) -> dict[str, str | int | float | bool]:
+    """The config as one level of keys (`lora.r`), values as trackers accept them (others as text)."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in to_dict(cfg).items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, item in items:
+            name = key if sub is None else f"{key}.{sub}"
+            flat[name] = item if isinstance(item, (str, int, float, bool)) else str(item)
+    return flat
+
+
 def update_settings(cfg: Config) -> UpdateSettings:
     return UpdateSettings(
         epochs=cfg.ppo_epochs,
@@ -333,8 +345,10 @@ def run(ctx: StageContext) -> StageResult:
     from accelerate import Accelerator
 
     cfg: Config = ctx.config
+    set_locations(cfg.report_to, logs_dir(ctx))
     accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
-    accelerator.init_trackers(ctx.name)
+    # the resolved config as the run's hyperparameters (flat keys: every tracker takes those)
+    accelerator.init_trackers(ctx.name, config=flat_config(cfg))
     device = accelerator.device
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, cfg.mixed_precision == "bf16")
     prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
@@ -466,7 +480,7 @@ def run(ctx: StageContext) -> StageResult:
         }
         state.step = step
         state.history.append(row)
-        accelerator.log(row, step=step)
+        accelerator.log(tracker_keys(row), step=step)
         for warning in health.check(state.history):  # each warning once, with the step it began
             log(f"[{ctx.name}] warning: {warning.message}")
         if step % cfg.log_every == 0:
@@ -475,7 +489,7 @@ def run(ctx: StageContext) -> StageResult:
             snap = snapshots.take(
                 step, step * episodes_per_step, models.policy.eval(), models.reference_context, pad
             )
-            accelerator.log({f"eval/{k}": v for k, v in snap["rewards"].items()}, step=step)
+            accelerator.log(tracker_keys({f"eval/{k}": v for k, v in snap["rewards"].items()}), step=step)
         # the main process's clock decides, so that every process writes (and waits) at the same steps
         if distributed.all_sum(torch.tensor(float(distributed.is_main() and schedule.due(step, steps)))) > 0:
             folder = checkpoint.checkpoint_folder(ctx.work_dir, step)
@@ -492,7 +506,6 @@ def run(ctx: StageContext) -> StageResult:
         if snapshots is not None:
             (ctx.out_dir / "snapshots.json").write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
     distributed.barrier()
-    accelerator.end_training()
     history = state.history
     window = max(1, len(history) // 4)
     elapsed = history[-1]["elapsed_s"]
@@ -504,5 +517,7 @@ def run(ctx: StageContext) -> StageResult:
         "kl_last": history[-1]["kl"],
         "episodes_per_second": steps * episodes_per_step / max(elapsed, 1e-9),
     }
+    accelerator.log({f"final/{key}": value for key, value in metrics.items()}, step=steps)
+    accelerator.end_training()
     log(f"[{ctx.name}] {cfg.algorithm}: {metrics['episodes_per_second']:.1f} episodes/s")
     return StageResult(metrics=metrics, history=history)

@@ -1,0 +1,58 @@
+"""Experiment trackers (`report_to`) for every stage: where each writes, and a clear error before anything
+trains when its package is missing.
+
+Trackers write under <run-dir>/logs/<stage>: TensorBoard event files there, wandb's run folder there
+(offline with WANDB_MODE=offline), and MLflow runs in a file store, <run-dir>/logs/mlruns, unless
+MLFLOW_TRACKING_URI names another (MLflow 3 keeps its file store in maintenance and asks for an
+explicit opt-in, given here; the SQLite store needs the full mlflow package, not mlflow-skinny). The
+Trainer stages report through transformers' callbacks, the RL stage through Accelerate's trackers; both
+read these locations from the environment, which is set here once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+EXTRA = "pip install 'rlhf-pipeline[tracking]'"
+
+
+def check_installed(report_to: list[str], stage: str) -> None:
+    """Refuse a tracker whose package is not installed, naming what to install (before anything trains)."""
+    for name in report_to:
+        package = PACKAGES.get(name, name)
+        if name not in ("all", "none") and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"Stage '{stage}': report_to names {name!r}, but its package '{package}' is not installed. "
+                f"Install it with {EXTRA} (tensorboard, wandb and mlflow), or pip install {package}."
+            )
+
+
+def set_locations(report_to: list[str], logs_dir: Path) -> None:
+    """Point each tracker at the run directory (values the user already set in the environment win)."""
+    if "tensorboard" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logs_dir)
+    if "wandb" in report_to:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("WANDB_DIR", str(logs_dir))
+    if "mlflow" in report_to:
+        store = logs_dir.parent / "mlruns"
+        store.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_TRACKING_URI", store.resolve().as_uri())
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def tracker_keys(row: dict[str, float]) -> dict[str, float]:
+    """A logged row with names every tracker takes: a source's score `reward/<module:function>` becomes
+    `reward_by_source/<module.function>` (MLflow refuses ':' in a name, and its file store cannot hold
+    both a `reward` metric and metrics under `reward/`)."""
+    renamed = {}
+    for key, value in row.items():
+        if key.startswith("reward/"):
+            key = "reward_by_source/" + key.removeprefix("reward/")
+        renamed[key.replace(":", ".")] = value
+    return renamed
