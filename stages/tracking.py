@@ -18,6 +18,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+# Locations the user chose before the run started win over the run directory's (read once, at import).
+USER_SET = {name for name in ("WANDB_DIR", "MLFLOW_TRACKING_URI") if name in os.environ}
 EXTRA = "pip install 'rlhf-pipeline[tracking]'"
 
 
@@ -36,13 +38,13 @@ def set_locations(report_to: list[str], logs_dir: Path) -> None:
     """Point each tracker at the run directory (values the user already set in the environment win)."""
     if "tensorboard" in report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(logs_dir)
-    if "wandb" in report_to:
+    if "wandb" in report_to and "WANDB_DIR" not in USER_SET:
         logs_dir.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("WANDB_DIR", str(logs_dir))
-    if "mlflow" in report_to:
+        os.environ["WANDB_DIR"] = str(logs_dir)  # each stage's runs under its own logs folder
+    if "mlflow" in report_to and "MLFLOW_TRACKING_URI" not in USER_SET:
         store = logs_dir.parent / "mlruns"
         store.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("MLFLOW_TRACKING_URI", store.resolve().as_uri())
+        os.environ["MLFLOW_TRACKING_URI"] = store.resolve().as_uri()
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
