@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,12 @@ def load_model(
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, so a left-padded prompt sees the positions it was trained with."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    """A peft wrapper? (It exists only if peft was imported: peft is not imported here for it, ~2 s.)"""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def without_peft_wrapper(model: torch.nn.Module) -> torch.nn.Module:

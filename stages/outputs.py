@@ -6,14 +6,13 @@ peft with it: ~100 MB and ~2 s) when it does not use them."""
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import torch
 
 from pipeline import distributed
 from pipeline.errors import UserError
-from pipeline.models import save_pretrained
+from pipeline.models import is_peft, save_pretrained
 from stages.base import StageContext
 
 
@@ -35,8 +34,7 @@ def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
         raise UserError(
             f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}) to {out_dir}."
         )
-    peft = sys.modules.get("peft")  # a PeftModel exists only if peft was imported: do not import it here
-    if peft is not None and isinstance(model, peft.PeftModel):
+    if is_peft(model):
         model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
         model = copy.deepcopy(model).merge_and_unload()  # one extra copy of the weights while saving

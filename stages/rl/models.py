@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 from collections.abc import Iterator
 
 import torch
 
 from pipeline.config import LoraConfig
-from pipeline.models import backbone, load_model, without_peft_wrapper
+from pipeline.models import backbone, is_peft, load_model, without_peft_wrapper
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -104,8 +103,3 @@ class SharedValueHead(torch.nn.Module):
 def backbone_and_lm_head(policy: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The causal LM's trunk and output layer (through a peft wrapper: its adapters sit inside them)."""
     return backbone(policy), without_peft_wrapper(policy).get_output_embeddings()
-
-
-def is_peft(model: torch.nn.Module) -> bool:
-    peft = sys.modules.get("peft")  # a PeftModel exists only if peft was imported: do not import it here
-    return peft is not None and isinstance(model, peft.PeftModel)

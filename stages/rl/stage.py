@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import distributed
+from pipeline import distributed, diversity
 from pipeline.config import (
     LoraConfig,
     StageConfig,
@@ -285,8 +285,7 @@ def unique_fraction(completions: list[str], weight: torch.Tensor) -> float:
     if distributed.active():
         everyone = [None] * distributed.world_size()
         torch.distributed.all_gather_object(everyone, mine)
-    flat = [c for part in everyone for c in part]
-    return len(set(flat)) / max(len(flat), 1)
+    return diversity.unique_fraction([c for part in everyone for c in part])
 
 
 def flat_config(cfg: Config) -> dict[str, str | int | float | bool]:
