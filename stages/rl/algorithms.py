@@ -26,7 +26,13 @@ from pipeline import distributed
 from stages.rl import advantages as adv
 from stages.rl.losses import clipped_importance_weight, ppo_clip, sequence_clip  # noqa: F401 (registers)
 from stages.rl.masking import place_sequence_reward
-from stages.rl.registry import Advantages, Algorithm, register_advantage, register_algorithm
+from stages.rl.registry import (
+    ADVANTAGE_ESTIMATORS,
+    Advantages,
+    Algorithm,
+    register_advantage,
+    register_algorithm,
+)
 
 
 @dataclass
@@ -149,8 +155,7 @@ def group_centered_global_normalized(batch: ScoredBatch, cfg) -> Advantages:
 
 
 def compute(algorithm: Algorithm, batch: ScoredBatch, cfg) -> Advantages:
-    from stages.rl.registry import ADVANTAGE_ESTIMATORS
-
+    """The algorithm's registered estimator applied to `batch`."""
     return ADVANTAGE_ESTIMATORS[algorithm.advantage](batch, cfg)
 
 
