@@ -52,6 +52,11 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out.to(tensor.device, tensor.dtype)
 
 
+def all_true(condition: bool) -> bool:
+    """True on every process when the condition holds on every process (a decision all of them share)."""
+    return all_sum(torch.tensor(float(condition))).item() == world_size()
+
+
 def shard(n: int) -> slice:
     """This process's contiguous part of n items (earlier ranks get one more when n does not divide)."""
     size, extra = divmod(n, world_size())

@@ -123,6 +123,8 @@ def collect(
         "sampling_rounds": float(len(rounds)),
         "groups_dropped": unfilled / max(global_groups, 1.0),
     }
+    if len(rounds) == 1:  # nothing to merge: round 0's rows, some perhaps dropped
+        return Collected(prompts, rollout, scores, parts, weight, rows, stats)
     return Collected(
         [rounds[r][0][row] for r, row in picks],
         merge_rows([rounds[r][1] for r in range(len(rounds))], picks, pad_id),

@@ -72,9 +72,10 @@ def build_models(cfg, inputs: dict[str, str], tokenizer, device) -> RLModels:
         cfg.trust_remote_code,
     )
     value_model = None
-    if registry.get_algorithm(cfg.algorithm).value_model and cfg.shared_value_head:
+    has_value_model = registry.get_algorithm(cfg.algorithm).value_model
+    if has_value_model and cfg.shared_value_head:
         value_model = SharedValueHead(backbone_and_lm_head(policy)[1].in_features).to(device)
-    elif registry.get_algorithm(cfg.algorithm).value_model:
+    elif has_value_model:
         from_rm = cfg.value_init == "reward_model"
         if from_rm and not rewards.sources[0].same_tokenizer:
             raise ConfigError(

@@ -333,7 +333,7 @@ def fresh_state(cfg: Config, prompts: list[str], seed: int, rewards) -> checkpoi
 
 def check_finite(scores: torch.Tensor, stage: str, step: int, last_checkpoint: str | None) -> None:
     """Stop (on every process alike) before a NaN/inf reward reaches the weights."""
-    if distributed.all_sum(torch.tensor(float(torch.isfinite(scores).all()))) != distributed.world_size():
+    if not distributed.all_true(bool(torch.isfinite(scores).all())):
         raise UserError(
             f"Stage '{stage}': a reward is NaN/inf at RL step {step}; stopped before updating "
             f"the weights (last good checkpoint: {last_checkpoint or 'none yet'})."

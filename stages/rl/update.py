@@ -108,11 +108,7 @@ def update(
                     stats[key] = stats.get(key, 0.0) + value
             # A non-finite loss has already put NaNs in this minibatch's gradients; no step is taken with them
             # (the next minibatch starts from zero_grad).
-            finite = (
-                distributed.all_sum(torch.tensor(float(torch.isfinite(loss)))).item()
-                == distributed.world_size()
-            )
-            if not finite:
+            if not distributed.all_true(bool(torch.isfinite(loss))):
                 if not settings.skip_nonfinite:
                     where = (
                         f"the last good checkpoint is {last_checkpoint}"
