@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.chat import check_template
 from pipeline.config_schema import InvalidValue, build, suggest, to_dict
 from pipeline.errors import ConfigError
 
@@ -32,6 +33,8 @@ class ModelConfig:
     tokenizer: str | None = None  # path or hub id; None trains a BPE tokenizer on the corpus
     vocab_size: int = 512  # of the trained tokenizer
     dropout: float | None = None  # None: the family's default (bert, t5, gpt2: 0.1; llama, qwen2: 0.0)
+    # extra special tokens of the trained tokenizer, e.g. the role markers of the stage's chat_template
+    special_tokens: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_positive(
@@ -96,9 +99,13 @@ class StageConfig:
     # optimizer memory, but an update below ~1/256 of a weight rounds away (at lr 1e-6 most never move).
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    # Jinja chat template (the text, or the path of a file holding it) given to the stage's tokenizer; it
+    # replaces the checkpoint's own. Conversational data needs a template: from here or from the checkpoint.
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         check_seed(self)
+        check_chat_template(self)
 
 
 @dataclass
@@ -218,6 +225,14 @@ def check_seed(cfg: Any, name: str = "seed") -> None:
         raise InvalidValue(name, f"must be in [0, 2**32 - 1], got {value}.")
 
 
+def check_chat_template(cfg: Any) -> None:
+    if cfg.chat_template is not None:
+        try:
+            check_template(cfg.chat_template)
+        except ConfigError as exc:
+            raise InvalidValue("chat_template", str(exc).removeprefix("chat_template ")) from exc
+
+
 def check_source(cfg: Any, name: str) -> None:
     """An input field that must be set: a stage name, a model folder or a hub id."""
     if not getattr(cfg, name):
@@ -244,6 +259,7 @@ class EvaluationConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     stop_token: str | None = None  # None: the tokenizer's EOS (set it like the RL stage's stop_token)
+    chat_template: str | None = None  # for conversational prompts: replaces every policy tokenizer's own
     batch_size: int = 128
     confidence: float = 0.95
     bootstrap_resamples: int = 2000
@@ -271,6 +287,7 @@ class EvaluationConfig:
         check_range(self, "confidence", 0, 1, low_open=True)
         check_at_least(self, 0, "n_examples")
         check_seed(self)
+        check_chat_template(self)
         for key in ("policies", "reward_models"):
             for name, source in getattr(self, key).items():
                 if not source:

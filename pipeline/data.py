@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.chat import check_messages, is_conversation, shared_prefix
 from pipeline.errors import DataError
 
 TEXT = ("text",)
@@ -24,11 +25,23 @@ CLASSIFICATION = ("text", "label")  # label: a string or an integer
 TOKEN_TAGS = ("tokens", "tags")  # lists of strings of one length: a tag per token
 SOURCE_TARGET = ("source", "target")
 LIST_COLUMNS = ("tokens", "tags")
+# The formats that also come conversational (fields holding lists of messages), and the field sets each
+# accepts then: SFT as one `messages` list or a prompt/completion pair; preferences with an explicit prompt or
+# an implicit one (the messages `chosen` and `rejected` share); prompts as the conversation so far.
+CONVERSATIONAL = {
+    PROMPT_COMPLETION: (("messages",), ("prompt", "completion")),
+    PREFERENCE: (("prompt", "chosen", "rejected"), ("chosen", "rejected")),
+    PROMPT_ONLY: (("prompt",),),
+}
 
 
-def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[dict[str, str]]:
+def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[dict[str, Any]]:
     """Rows with exactly `columns`, each a non-empty string (`label` may be an integer, `tokens` and `tags`
-    are non-empty lists of strings); anything else is a DataError naming the row."""
+    are non-empty lists of strings); anything else is a DataError naming the row.
+
+    A format in CONVERSATIONAL may instead come as message lists, decided by the first row: then every row
+    must be conversational too, and a preference pair with an implicit prompt comes back with an explicit
+    one (the messages `chosen` and `rejected` share, as TRL extracts it)."""
     if not source:
         raise DataError(
             f"No {what} source is set: give a .jsonl/.json/.parquet path, demo:TASK/SPLIT or hf:NAME."
@@ -36,9 +49,77 @@ def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[d
     rows, origin, places = _read(source)
     if not rows:
         raise DataError(f"{origin} is empty: expected rows with fields {', '.join(columns)}.")
+    columns = tuple(columns)
+    chat = columns in CONVERSATIONAL and _has_messages(rows[0])
     for row, place in zip(rows, places):
-        check_row(row, columns, f"{origin}, {place}")
-    return rows
+        where = f"{origin}, {place}"
+        if columns in CONVERSATIONAL and _has_messages(row) != chat:
+            raise DataError(
+                f"{where}: {'plain strings' if chat else 'lists of messages'}, but the first row holds "
+                f"{'lists of messages' if chat else 'plain strings'}: a data source is either conversational "
+                "or standard, not both."
+            )
+        if columns not in CONVERSATIONAL and _has_messages(row):
+            raise DataError(
+                f"{where}: lists of messages are not accepted in this data (only in SFT, preference and "
+                f"prompt data); it must have the fields {', '.join(columns)}."
+            )
+        if chat:
+            check_conversation_row(row, columns, where)
+        else:
+            check_row(row, columns, where)
+    return [explicit_prompt(row) for row in rows] if chat else rows
+
+
+def is_conversational(rows: list[dict[str, Any]]) -> bool:
+    """Whether rows from load_rows are conversational (their fields hold message lists)."""
+    return bool(rows) and _has_messages(rows[0])
+
+
+def _has_messages(row: Any) -> bool:
+    return isinstance(row, dict) and any(is_conversation(value) for value in row.values())
+
+
+def check_conversation_row(row: Any, columns: tuple[str, ...], where: str) -> None:
+    """A conversational row of format `columns`: one of its accepted field sets, each field a message list,
+    and the turns the format needs (an assistant turn to train on, a prompt that awaits an answer)."""
+    variants = CONVERSATIONAL[columns]
+    names = " or ".join("(" + ", ".join(v) + ")" for v in variants)
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with fields {names}, got {type(row).__name__}.")
+    if tuple(sorted(row)) not in [tuple(sorted(v)) for v in variants]:
+        raise DataError(
+            f"{where}: fields {', '.join(map(str, row))}; conversational rows of this data must have exactly "
+            f"the fields {names}."
+        )
+    for field in row:
+        check_messages(row[field], field, where)
+    for field in ("messages", "completion", "chosen", "rejected"):
+        if field in row and not any(m["role"] == "assistant" for m in row[field]):
+            raise DataError(f"{where}: field '{field}' has no assistant turn, so there is nothing to learn.")
+    if "chosen" in row:
+        if row["chosen"] == row["rejected"]:
+            raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair says nothing.")
+        if "prompt" not in row:
+            n = shared_prefix(row["chosen"], row["rejected"])
+            if n == 0 or n == min(len(row["chosen"]), len(row["rejected"])):
+                raise DataError(
+                    f"{where}: without a 'prompt' field, 'chosen' and 'rejected' must start with the same "
+                    "messages (the implicit prompt) and then differ; they share "
+                    f"{'no message' if n == 0 else 'all of the shorter one'}."
+                )
+    elif columns == PROMPT_ONLY and row["prompt"][-1]["role"] == "assistant":
+        raise DataError(
+            f"{where}: the prompt ends with an assistant turn; a prompt ends where the model is to answer."
+        )
+
+
+def explicit_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference pair with an implicit prompt as {prompt, chosen, rejected}; any other row unchanged."""
+    if "chosen" not in row or "prompt" in row:
+        return row
+    n = shared_prefix(row["chosen"], row["rejected"])
+    return {"prompt": row["chosen"][:n], "chosen": row["chosen"][n:], "rejected": row["rejected"][n:]}
 
 
 def check_row(row: Any, columns: Sequence[str], where: str) -> None:

@@ -1,6 +1,7 @@
-"""Embedded synthetic demo tasks ("reviews", "support", "arithmetic"), every split generated from a seed.
-Held-out subjects / issues appear only in the pretraining corpus and eval_prompts, never in sft, prefs or
-prompts; held-out arithmetic operand pairs appear only in eval_prompts.
+"""Embedded synthetic demo tasks ("reviews", "support", "arithmetic", "copy", "sort", and "chat", the
+reviews task as conversations), every split generated from a seed. Held-out subjects / issues appear only in
+the pretraining corpus and eval_prompts, never in sft, prefs or prompts; held-out arithmetic operand pairs
+appear only in eval_prompts.
 
 Supervised tasks for the `task` stage, in the reviews language, with splits train / test (no test row
 repeats a train row): "sentiment" ({"text","label"}), "ner" ({"tokens","tags"}, BIO product and aspect
@@ -27,7 +28,7 @@ from reward_models.gold import (
 )
 from reward_models.rules import arithmetic_exact, copy_exact, sort_exact
 
-TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic", "copy", "sort")
+TASKS: tuple[str, ...] = ("reviews", "support", "arithmetic", "copy", "sort", "chat")
 SPLITS: tuple[str, ...] = ("corpus", "sft", "prefs", "prompts", "eval_prompts")
 SIZES: dict[str, int] = {"corpus": 4000, "sft": 2000, "prefs": 2000, "prompts": 512, "eval_prompts": 128}
 SUPERVISED_TASKS: tuple[str, ...] = ("sentiment", "ner", "summary")  # for the `task` stage
@@ -39,6 +40,8 @@ HOLDOUT_EVERY = 4  # every 4th subject / issue is kept for eval_prompts only
 CORPUS_DIALOGUE_SHARE = 0.7  # the rest of the corpus is other sentences about the same things
 ARITHMETIC_CORRECT_RATE = 0.47  # share of demo answers with the right number: SFT stays far below 100%
 ARITHMETIC_FLAW_RATE = 0.2  # share of SFT / prefs answers in a wrong format (cut, unlabelled, rambling)
+CHAT_SYSTEM = "you write short reviews of things people buy , watch and read ."
+CHAT_EARLIER_TURN = 0.3  # share of chat rows whose conversation already holds one review exchange
 
 
 # ---------------------------------------------------------------- reviews: a tiny language of opinions
@@ -465,6 +468,42 @@ _BUILDERS: dict[str, Callable[[_TaskSpec, random.Random, int], list[dict]]] = {
 }  # fmt: skip
 
 
+# ---------------------------------------------------------------- chat: the reviews task as conversations
+def _chat_split(split: str, rng: random.Random, n: int) -> list[dict]:
+    """The reviews task in TRL's conversational formats: a system message, then the user's review request;
+    CHAT_EARLIER_TURN of the conversations first hold one finished exchange about another subject. sft:
+    {"messages"} (every assistant turn is trained); prefs: {"prompt","chosen","rejected"} as message lists;
+    prompts: {"prompt"} ending with the user's turn. The gold scorer is reviews_gold on the last reply;
+    the corpus is the reviews corpus (generate_split returns it as is)."""
+    spec = _SPECS["reviews"]
+    rows = _BUILDERS[split](spec, rng, n)
+    converted = []
+    for row in rows:
+        conversation = [{"role": "system", "content": CHAT_SYSTEM}]
+        if rng.random() < CHAT_EARLIER_TURN:
+            earlier, key = rng.choice(spec.train_pool)
+            conversation += _exchange(earlier, spec.completion(rng, key, 0.0))
+        if split == "sft":
+            converted.append({"messages": conversation + _exchange(row["prompt"], row["completion"])})
+            continue
+        prompt = conversation + [{"role": "user", "content": row["prompt"]}]
+        if split == "prefs":
+            chosen, rejected = _assistant(row["chosen"]), _assistant(row["rejected"])
+            converted.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        else:
+            converted.append({"prompt": prompt})
+    return converted
+
+
+def _exchange(prompt: str, completion: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, *_assistant(completion)]
+
+
+def _assistant(completion: str) -> list[dict]:
+    # the plain-text demo starts replies with a space that joins them to the prompt; a turn needs none
+    return [{"role": "assistant", "content": completion.strip()}]
+
+
 def _check(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown demo {name} {value!r}; valid {name}s: {', '.join(valid)}")
@@ -477,6 +516,10 @@ def generate_split(task: str, split: str, seed: int = 0) -> list[dict]:
     if task in SUPERVISED_TASKS:
         return _supervised_split(task, split, seed)
     rng = random.Random(f"{task}/{split}/{seed}")  # str seeds hash with sha512: same in every process
+    if task == "chat":
+        if split == "corpus":  # plain text: the same documents as the reviews task
+            return generate_split("reviews", split, seed)
+        return _chat_split(split, rng, SIZES[split])
     return _BUILDERS[split](_SPECS[task], rng, SIZES[split])
 
 

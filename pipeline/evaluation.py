@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.chat import display, render_prompt, reward_inputs, use_template
 from pipeline.config import EvaluationConfig
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.diversity import distinct_n, unique_fraction
@@ -65,13 +66,17 @@ def check(cfg: EvaluationConfig) -> None:
 
 
 def sample_policy(
-    source: str, reference: Reference, prompts: list[str], cfg: EvaluationConfig, seed: int, desc: str
+    source: str, reference: Reference, prompts: list, cfg: EvaluationConfig, seed: int, desc: str
 ) -> PolicySamples:
-    """Sample `samples_per_prompt` completions per prompt with a fixed generator seed."""
+    """Sample `samples_per_prompt` completions per prompt with a fixed generator seed. A conversational
+    prompt is rendered by this policy's own chat template, with its generation prompt."""
     from stages.rl.rollout import batched_response_logprobs, left_pad, sample
 
     device = reference.device
     tokenizer = load_tokenizer(source)
+    if cfg.chat_template or any(not isinstance(p, str) for p in prompts):
+        use_template(tokenizer, cfg.chat_template, source, f"Evaluation prompts '{cfg.prompts}'")
+    prompts = [p if isinstance(p, str) else render_prompt(tokenizer, p) for p in prompts]
     stop_ids = (
         tokenizer.convert_tokens_to_ids([cfg.stop_token]) if cfg.stop_token else [tokenizer.eos_token_id]
     )
@@ -155,7 +160,7 @@ def evaluate(
     history, snapshots = history or [], snapshots or []
     seed = cfg.seed if cfg.seed is not None else seed
     prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "evaluation prompts")]
-    prompts = prompts[: cfg.max_prompts] if cfg.max_prompts else prompts
+    prompts = prompts[: cfg.max_prompts] if cfg.max_prompts else prompts  # strings or message lists
     policies = {cfg.baseline: cfg.baseline, cfg.candidate: cfg.candidate, **cfg.policies}
     locations = {name: resolve(source) for name, source in policies.items()}
     checks = run_warnings(history, snapshots, cfg, (training or {}).get("stage"))
@@ -170,7 +175,8 @@ def evaluate(
         f"[eval] {len(prompts)} prompts x {cfg.samples_per_prompt} samples, policies "
         f"{', '.join(policies)}, rewards: {', '.join(sources) or 'none'}"
     )
-    repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    originals = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    repeated = [display(p) for p in originals]  # one string per prompt: the resampling groups
 
     def estimate(values: list[float]) -> dict[str, float]:
         """Mean with a CI that resamples prompts (samples of one prompt are not independent)."""
@@ -184,7 +190,8 @@ def evaluate(
     rewards: dict[str, dict[str, list[float]]] = {}
     for name, source in tqdm(policies.items(), desc="eval policies", disable=len(policies) < 3):
         drawn = sample_policy(locations[name], reference, prompts, cfg, seed, f"eval {name}")
-        rewards[name] = {key: fn(repeated, drawn.completions).tolist() for key, fn in sources.items()}
+        scored = reward_inputs(originals, drawn.completions)
+        rewards[name] = {key: fn(*scored).tolist() for key, fn in sources.items()}
         per_policy[name] = {
             "source": source,
             "rewards": {key: estimate(values) for key, values in rewards[name].items()},

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.chat import conversation_ids
+from pipeline.errors import ConfigError
 from pipeline.models import is_encoder_classifier, load_model, load_tokenizer, sequence_scores
 
 
 class LearnedRewardModel:
-    """Scores text exactly as TRL's RewardTrainer formatted it in training: prompt + completion + EOS.
+    """Scores text exactly as TRL's RewardTrainer formatted it in training: prompt + completion + EOS, or
+    for a conversation (prompt and completion as message lists) the whole conversation through the
+    tokenizer's chat template.
 
     A decoder reads its score at the real last token (`pipeline.models.sequence_scores`), an encoder
     from its own pooled first token; both take right-padded batches. An encoder's tokenizer may differ from
@@ -36,7 +40,15 @@ class LearnedRewardModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, prompts: list[str], completions: list[str]) -> list[list[int]]:
+    def encode(self, prompts: list, completions: list) -> list[list[int]]:
+        if prompts and not isinstance(prompts[0], str):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ConfigError(
+                    f"Reward model '{self.name}' is asked to score conversations, but its tokenizer has no "
+                    "chat template; train it on conversational preferences (or set the reward stage's "
+                    "chat_template) so it is saved with one."
+                )
+            return [conversation_ids(self.tokenizer, p + c) for p, c in zip(prompts, completions)]
         if is_encoder_classifier(self.model):
             # as TRL's RewardTrainer formats it: EOS appended as text, then the tokenizer adds [CLS] ... [SEP]
             eos = self.tokenizer.eos_token

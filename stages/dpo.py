@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.chat import conversation_ids
 from pipeline.config import (
     LoraConfig,
     TrainingConfig,
@@ -18,10 +19,10 @@ from pipeline.config import (
 from pipeline.data import PREFERENCE, check_sources
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    ReliabilityCallback,
     last_checkpoint,
     peft_config,
     rows_tokenizer_and_model,
+    stage_callbacks,
     trainer_arguments,
     truncation,
 )
@@ -74,14 +75,19 @@ def sequence_logprobs(
     return torch.where(mask, token_logprobs, 0.0).sum(-1)
 
 
-def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
-    """(ids, completion mask) as TRL's DPOTrainer builds non-conversational data: EOS appended to the
-    completion text, prompt and prompt + completion tokenized separately, the completion starting where
-    the two diverge, and only the first max_length tokens kept (TRL's keep_start truncation)."""
-    if not completion.endswith(tokenizer.eos_token):
-        completion += tokenizer.eos_token
-    prompt_ids = tokenizer(text=prompt)["input_ids"]
-    ids = tokenizer(text=prompt + completion)["input_ids"]
+def tokenize_pair(tokenizer, prompt, completion, max_length: int) -> tuple[list[int], list[int]]:
+    """(ids, completion mask) as TRL's DPOTrainer builds its data: prompt and prompt + completion tokenized
+    separately, the completion starting where the two diverge, and only the first max_length tokens kept
+    (TRL's keep_start truncation). Text: EOS appended to the completion. Messages: the prompt rendered with
+    the chat template's generation prompt, the whole conversation as the template renders it."""
+    if isinstance(prompt, list):
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)
+        prompt_ids, ids = prompt_ids["input_ids"], conversation_ids(tokenizer, prompt + completion)
+    else:
+        if not completion.endswith(tokenizer.eos_token):
+            completion += tokenizer.eos_token
+        prompt_ids = tokenizer(text=prompt)["input_ids"]
+        ids = tokenizer(text=prompt + completion)["input_ids"]
     start = next(
         (i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids))
     )
@@ -159,7 +165,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     # ref_model=None: the reference is a frozen copy TRL loads, or with LoRA the adapter-disabled policy.
     trainer = DPOTrainer(
-        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
+        callbacks=stage_callbacks(ctx, cfg),
         model=model,
         ref_model=None,
         args=args,

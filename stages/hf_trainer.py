@@ -10,16 +10,17 @@ import torch
 from transformers import TrainerCallback
 
 from pipeline import distributed
+from pipeline.chat import conversation_ids, use_template
 from pipeline.checkpoints import INDEX, latest_valid, step_of, write_index
 from pipeline.config import LoraConfig, TrainingConfig
-from pipeline.data import train_and_eval
+from pipeline.data import is_conversational, train_and_eval
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext
 from stages.outputs import logs_dir
-from stages.tracking import set_locations
+from stages.tracking import log_run_files, run_files, set_locations, start_mlflow_run
 
 
 def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
@@ -57,12 +58,15 @@ def rows_tokenizer_and_model(
     cfg: TrainingConfig, ctx: StageContext, columns: Sequence[str], what: str, auto_class: str, **kwargs: Any
 ):
     """What a fine-tuning stage starts from: its training and held-out rows (`data`, and `eval_data` or an
-    `eval_fraction` split), and the tokenizer and `auto_class` model of its `init_from` checkpoint."""
+    `eval_fraction` split), and the tokenizer and `auto_class` model of its `init_from` checkpoint. The
+    tokenizer carries the stage's `chat_template` if set; conversational rows need it to have one."""
     train_rows, eval_rows = train_and_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, columns, ctx.seed, what
     )
     source = ctx.inputs["init_from"]
     tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    if cfg.chat_template or is_conversational(train_rows):
+        use_template(tokenizer, cfg.chat_template, source, f"Stage '{ctx.name}': {what} '{cfg.data}'")
     model = load_model(auto_class, source, cfg.trust_remote_code, cfg.dtype, **kwargs)
     return train_rows, eval_rows, tokenizer, model
 
@@ -81,22 +85,29 @@ def batch_arguments(batch_size: int, micro_batch_size: int | None) -> dict[str, 
 
 def truncation(rows: list[dict], tokenizer, max_length: int, stage: str, columns: Sequence[str]) -> dict:
     """How many training rows `max_length` cuts: for each row the longest of prompt + each column in
-    `columns`, in tokens, plus the EOS the trainers append. Logged as a warning when any is cut, and returned
-    as the stage's metrics `truncated_rows` / `truncated_fraction`, so a cut is never silent."""
-    prompts = [row.get("prompt", "") for row in rows]
+    `columns`, in tokens, plus the EOS the trainers append (a conversation: its templated tokens)."""
     longest = [0] * len(rows)
     for column in columns:
-        texts = [p + row[column] for p, row in zip(prompts, rows)]
-        lengths = [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        if is_conversational(rows):
+            lengths = [len(conversation_ids(tokenizer, row.get("prompt", []) + row[column])) for row in rows]
+        else:
+            texts = [row.get("prompt", "") + row[column] for row in rows]
+            lengths = [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         longest = [max(a, b) for a, b in zip(longest, lengths)]
-    cut = sum(length > max_length for length in longest)
+    return truncation_metrics(longest, max_length, stage)
+
+
+def truncation_metrics(lengths: list[int], max_length: int, stage: str) -> dict:
+    """Logged as a warning when any row is longer than `max_length`, and returned as the stage's metrics
+    `truncated_rows` / `truncated_fraction`, so a cut is never silent."""
+    cut = sum(length > max_length for length in lengths)
     if cut:
         log(
-            f"[{stage}] warning: {cut} of {len(rows)} training rows ({cut / len(rows):.1%}) are longer than "
-            f"max_length={max_length} tokens (longest {max(longest)}) and are truncated; raise max_length "
-            "to train on them whole"
+            f"[{stage}] warning: {cut} of {len(lengths)} training rows ({cut / len(lengths):.1%}) are longer "
+            f"than max_length={max_length} tokens (longest {max(lengths)}) and are truncated; raise "
+            "max_length to train on them whole"
         )
-    return {"truncated_rows": float(cut), "truncated_fraction": cut / max(len(rows), 1)}
+    return {"truncated_rows": float(cut), "truncated_fraction": cut / max(len(lengths), 1)}
 
 
 def per_process_batch(batch_size: int) -> int:
@@ -112,6 +123,7 @@ def per_process_batch(batch_size: int) -> int:
 def tracker_setup(report_to: list[str], ctx: StageContext) -> list[str] | str:
     """Trainer's `report_to`, each tracker pointed at <run-dir>/logs (stages/tracking.py)."""
     set_locations(report_to, logs_dir(ctx))
+    start_mlflow_run(report_to, ctx.name)
     return list(report_to) or "none"
 
 
@@ -150,6 +162,23 @@ def last_checkpoint(ctx: StageContext) -> str | None:
     """The newest verified Trainer checkpoint a previous attempt of this stage left, if any."""
     folder = latest_valid(ctx.work_dir / "trainer", ctx.name)
     return str(folder) if folder else None
+
+
+def stage_callbacks(ctx: StageContext, cfg: TrainingConfig) -> list[TrainerCallback]:
+    """The callbacks of every Trainer stage: reliability, and the run's files sent to its trackers."""
+    return [ReliabilityCallback(ctx.name, cfg.skip_nonfinite), RunFilesCallback(cfg.report_to, ctx)]
+
+
+class RunFilesCallback(TrainerCallback):
+    """Attaches the run directory's config and manifest to the trackers' runs once they have started
+    (transformers' tracker callbacks run first: they come before the stage's own)."""
+
+    def __init__(self, report_to: list[str], ctx: StageContext):
+        self.report_to, self.files, self.logs = report_to, run_files(ctx.run_dir), logs_dir(ctx)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            log_run_files(self.report_to, self.files, self.logs)
 
 
 class ReliabilityCallback(TrainerCallback):

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 
+from pipeline.chat import use_template
 from pipeline.config import LEARNED_POSITION_FAMILIES, ModelConfig, TrainingConfig, check_range, input_field
 from pipeline.config_schema import InvalidValue
 from pipeline.data import TEXT, check_sources, train_and_eval
@@ -30,10 +31,10 @@ from pipeline.models import (
 )
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    ReliabilityCallback,
     evaluate_before_training,
     last_checkpoint,
     loss_from_model_alone,
+    stage_callbacks,
     trainer_arguments,
 )
 from stages.objectives import (
@@ -122,12 +123,19 @@ def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[in
 
 
 def tokenizer_for(cfg: Config, ctx: StageContext, texts: list[str], train_new):
-    """The checkpoint's tokenizer, model.tokenizer, or one trained on the corpus by `train_new`."""
+    """The checkpoint's tokenizer, model.tokenizer, or one trained on the corpus by `train_new` (with
+    `model.special_tokens` added); with the stage's `chat_template` if set, saved along with it."""
     source = ctx.inputs.get("init_from") or cfg.model.tokenizer
     if source:
-        return load_tokenizer(source, cfg.trust_remote_code)
-    log(f"[{ctx.name}] training a BPE tokenizer (vocab {cfg.model.vocab_size}) on {len(texts)} texts")
-    return train_new(texts, cfg.model.vocab_size)
+        tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+    else:
+        log(f"[{ctx.name}] training a BPE tokenizer (vocab {cfg.model.vocab_size}) on {len(texts)} texts")
+        tokenizer = train_new(texts, cfg.model.vocab_size)
+        if cfg.model.special_tokens:
+            tokenizer.add_special_tokens({"additional_special_tokens": list(cfg.model.special_tokens)})
+    if cfg.chat_template:
+        use_template(tokenizer, cfg.chat_template, source or "the trained tokenizer", "The chat template")
+    return tokenizer
 
 
 def model_for(cfg: Config, ctx: StageContext, auto_class: str, build):
@@ -229,7 +237,7 @@ def run(ctx: StageContext) -> StageResult:
     # 2. train, measuring held-out loss (and the objective's own metrics) before and after
     args = trainer_arguments(cfg, ctx) | {"remove_unused_columns": not objective.keep_columns}
     trainer = Trainer(
-        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
+        callbacks=stage_callbacks(ctx, cfg),
         model=model,
         args=TrainingArguments(**args),
         train_dataset=datasets.Dataset.from_list(objective.train_rows),

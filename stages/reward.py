@@ -16,10 +16,10 @@ from pipeline.data import PREFERENCE, check_sources
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    ReliabilityCallback,
     last_checkpoint,
     peft_config,
     rows_tokenizer_and_model,
+    stage_callbacks,
     trainer_arguments,
     truncation,
 )
@@ -70,7 +70,7 @@ def run(ctx: StageContext) -> StageResult:
         dataset_num_proc=None,
     )
     trainer = RewardTrainer(
-        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
+        callbacks=stage_callbacks(ctx, cfg),
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),

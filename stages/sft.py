@@ -1,21 +1,25 @@
-"""Supervised fine-tuning on {"prompt","completion"} rows (TRL's SFTTrainer), loss on completions only."""
+"""Supervised fine-tuning (TRL's SFTTrainer): on {"prompt","completion"} rows with loss on the completion
+only, or on conversations ({"messages"}, or prompt and completion as message lists) through the tokenizer's
+chat template, with loss on the assistant turns only."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+from pipeline.chat import assistant_tokens
 from pipeline.config import LoraConfig, TrainingConfig, check_positive, check_source, input_field
-from pipeline.data import PROMPT_COMPLETION, check_sources
+from pipeline.data import PROMPT_COMPLETION, check_sources, is_conversational
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    ReliabilityCallback,
     evaluate_before_training,
     last_checkpoint,
     peft_config,
     rows_tokenizer_and_model,
+    stage_callbacks,
     trainer_arguments,
     truncation,
+    truncation_metrics,
 )
 from stages.outputs import save_with_adapter
 
@@ -38,6 +42,19 @@ def check(cfg: Config) -> None:
     check_sources(cfg.data, cfg.eval_data, PROMPT_COMPLETION, "SFT data")
 
 
+def conversation_examples(rows: list[dict], tokenizer) -> list[dict[str, list[int]]]:
+    """Conversational rows as token ids with `assistant_masks` (1 on the tokens that carry loss): every
+    assistant turn of a `messages` row, the completion's assistant turns of a prompt/completion row. TRL
+    takes such pre-tokenized rows as they are and builds its labels from the mask."""
+    examples = []
+    for row in rows:
+        messages = row.get("messages") or row["prompt"] + row["completion"]
+        first_trained = len(row["prompt"]) if "prompt" in row else 0
+        ids, mask = assistant_tokens(tokenizer, messages, first_trained)
+        examples.append({"input_ids": ids, "assistant_masks": mask})
+    return examples
+
+
 def run(ctx: StageContext) -> StageResult:
     import datasets
     from trl import SFTConfig, SFTTrainer
@@ -54,8 +71,15 @@ def run(ctx: StageContext) -> StageResult:
         packing=False,
         dataset_num_proc=None,
     )
+    if is_conversational(train_rows):
+        train_rows = conversation_examples(train_rows, tokenizer)
+        eval_rows = conversation_examples(eval_rows, tokenizer)
+        lengths = [len(row["input_ids"]) for row in train_rows]
+        metrics = truncation_metrics(lengths, cfg.max_length, ctx.name)
+    else:
+        metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["completion"])
     trainer = SFTTrainer(
-        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
+        callbacks=stage_callbacks(ctx, cfg),
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
@@ -63,7 +87,6 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
     )
-    metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["completion"])
     if eval_rows:
         metrics["eval_loss_before"] = evaluate_before_training(trainer)["eval_loss"]
     metrics["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss

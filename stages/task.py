@@ -34,10 +34,10 @@ from pipeline.models import (
 )
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    ReliabilityCallback,
     last_checkpoint,
     loss_from_model_alone,
     peft_config,
+    stage_callbacks,
     trainer_arguments,
 )
 from stages.objectives import IGNORE, pad
@@ -283,7 +283,7 @@ def run(ctx: StageContext) -> StageResult:
 
     # 3. train
     trainer = Trainer(
-        callbacks=[ReliabilityCallback(ctx.name, cfg.skip_nonfinite)],
+        callbacks=stage_callbacks(ctx, cfg),
         model=model,
         args=TrainingArguments(**trainer_arguments(cfg, ctx) | {"remove_unused_columns": False}),
         train_dataset=train_items,  # a list of dicts: the collator pads them

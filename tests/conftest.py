@@ -104,3 +104,37 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config_file(tiny_run: Path) -> Path:
     return tiny_run.parent / "tiny.yaml"
+
+
+CHAT_TEMPLATE = str(Path(__file__).resolve().parent.parent / "configs" / "chat_template.jinja")
+ROLE_MARKERS = ["<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def tiny_chat_config_dict() -> dict:
+    """The tiny pipeline on the chat demo task: a tokenizer trained with role markers and a chat template."""
+    config = tiny_config_dict()
+    config["name"] = "tiny-chat"
+    stages = config["stages"]
+    stages["pretrain"]["data"] = "demo:chat/corpus"
+    stages["pretrain"]["model"].update(max_position_embeddings=192, special_tokens=ROLE_MARKERS)
+    stages["pretrain"]["chat_template"] = CHAT_TEMPLATE
+    stages["sft"].update(data="demo:chat/sft", max_length=160)
+    stages["reward"].update(data="demo:chat/prefs", max_length=160)
+    stages["ppo"].update(prompts="demo:chat/prompts", max_prompt_length=128)
+    config["evaluation"]["prompts"] = "demo:chat/eval_prompts"
+    return config
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory) -> Path:
+    """A finished tiny run on conversational data (every stage and the evaluation)."""
+    import yaml
+
+    from pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-chat")
+    config_file = root / "chat.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_chat_config_dict()))
+    run_dir = root / "run"
+    assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 0
+    return run_dir

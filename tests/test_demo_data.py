@@ -28,6 +28,8 @@ FIELDS = {
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE_TASKS = ("reviews", "support")  # the tasks with a grammar of words and a graded gold score
 GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact, "copy": copy_exact, "sort": sort_exact}
+GOLD["chat"] = GOLD["reviews"]
+PLAIN_TASKS = tuple(task for task in demo_data.TASKS if task != "chat")  # "chat" holds message lists
 
 
 @cache
@@ -59,7 +61,7 @@ def test_identical_in_a_fresh_process_with_another_hash_seed():
     assert out.stdout.strip() == here, out.stderr
 
 
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", PLAIN_TASKS)
 def test_split_sizes_and_fields(task):
     splits = data(task)
     assert tuple(splits) == demo_data.SPLITS
@@ -82,14 +84,53 @@ def test_prompt_and_completion_format(task):
     assert 0.02 < unfinished < 0.1
 
 
+def test_chat_splits_are_the_reviews_task_as_conversations():
+    from pipeline.data import (
+        CONVERSATIONAL,
+        PREFERENCE,
+        PROMPT_COMPLETION,
+        PROMPT_ONLY,
+        check_conversation_row,
+    )
+
+    splits, reviews = data("chat"), data("reviews")
+    assert tuple(splits) == demo_data.SPLITS and splits["corpus"] == reviews["corpus"]
+    formats = {
+        "sft": PROMPT_COMPLETION,
+        "prefs": PREFERENCE,
+        "prompts": PROMPT_ONLY,
+        "eval_prompts": PROMPT_ONLY,
+    }
+    for split, columns in formats.items():
+        assert len(splits[split]) == demo_data.SIZES[split]
+        assert columns in CONVERSATIONAL
+        for n, row in enumerate(splits[split]):
+            check_conversation_row(row, columns, f"{split} row {n}")
+            first = row.get("messages") or row["prompt"]
+            assert first[0] == {"role": "system", "content": demo_data.CHAT_SYSTEM}
+    # about 30% of conversations hold an earlier exchange: two assistant turns in SFT
+    replies = [sum(m["role"] == "assistant" for m in row["messages"]) for row in splits["sft"]]
+    assert set(replies) == {1, 2} and 0.25 < replies.count(2) / len(replies) < 0.35
+    # the user's turns are reviews prompts and the replies reviews completions, without the joining space
+    last_user = [row["prompt"][-1]["content"] for row in splits["prompts"]]
+    assert all(prompt.endswith(" :") for prompt in last_user)
+    assert all(not m["content"].startswith(" ") for row in splits["sft"] for m in row["messages"])
+
+
 # ---------------------------------------------------------------- held-out evaluation prompts
 @pytest.mark.parametrize("task", demo_data.TASKS)
 def test_eval_prompts_unique_and_disjoint_from_training(task):
+    from pipeline.chat import display
+
     splits = data(task)
-    eval_prompts = [row["prompt"] for row in splits["eval_prompts"]]
+    eval_prompts = [display(row["prompt"]) for row in splits["eval_prompts"]]
     assert len(set(eval_prompts)) == len(eval_prompts)
-    training = {row["prompt"] for split in ("sft", "prefs", "prompts") for row in splits[split]}
+    training = {display(row["prompt"]) for split in ("prefs", "prompts") for row in splits[split]}
+    training |= {display(row.get("prompt") or row["messages"][:-1]) for row in splits["sft"]}
     assert not training & set(eval_prompts)
+    if task == "chat":  # and no eval conversation asks about a subject a training one asks about
+        asked = {display(row["prompt"][-1]["content"]) for row in splits["prompts"]}
+        assert not asked & {row["prompt"][-1]["content"] for row in splits["eval_prompts"]}
 
 
 def _held_out_things(task: str) -> list[str]:

@@ -79,6 +79,10 @@ def test_wandb_offline_run_gets_the_rl_metrics(tiny_run, tmp_path, monkeypatch):
     (config,) = [r.config for r in records if r.WhichOneof("record_type") == "config"]
     values = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in config.update}
     assert values["algorithm"] == "grpo" or values["algorithm"] == {"value": "grpo"}
+    # the run directory's config and manifest are saved with the run
+    (files,) = (tmp_path / "run" / "logs" / "rl").glob("wandb/offline-run-*/files")
+    assert json.loads((files / "manifest.json").read_text())["stages"]["rl"]
+    assert (files / "config.yaml").read_text() == (tmp_path / "run" / "config.yaml").read_text()
 
 
 def test_mlflow_file_store_gets_every_step(tiny_run, tmp_path, monkeypatch):
@@ -95,6 +99,33 @@ def test_mlflow_file_store_gets_every_step(tiny_run, tmp_path, monkeypatch):
     assert [m.step for m in rewards] == [1, 2]
     assert [m.value for m in rewards] == pytest.approx([row["reward"] for row in history])
     assert tracked.data.params["algorithm"] == "grpo" and "final/reward_last" in tracked.data.metrics
+    assert {a.path for a in client.list_artifacts(tracked.info.run_id, "run")} == {
+        "run/config.yaml",
+        "run/manifest.json",
+    }
+
+
+def test_a_trainer_stage_sends_its_metrics_and_the_run_files_to_mlflow(tiny_run, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    block = {
+        "kind": "sft",
+        "init_from": str(tiny_run / "sft"),
+        "data": "demo:reviews/sft",
+        "max_steps": 2,
+        "log_every": 1,
+        "report_to": ["mlflow"],
+    }
+    assert run({"name": "tracked", "threads": 2, "stages": {"sft": block}}, tmp_path) == 0
+    client = MlflowClient((tmp_path / "run" / "logs" / "mlruns").resolve().as_uri())
+    (tracked,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "loss")] == [1, 2]
+    assert {a.path for a in client.list_artifacts(tracked.info.run_id, "run")} == {
+        "run/config.yaml",
+        "run/manifest.json",
+    }
 
 
 def test_a_tracker_that_is_not_installed_stops_the_run_before_training(tiny_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline import distributed
+from pipeline.chat import reward_inputs
 from reward_models import FunctionReward
 from reward_models.learned import LearnedRewardModel
 from stages.rl.rollout import Rollout
@@ -73,6 +74,18 @@ class RewardMix:
     def __init__(self, sources: list[RewardSource], clip: float | None, normalize: bool):
         self.sources, self.clip, self.normalize = sources, clip, normalize
         self.moments = RunningMoments()
+        self.conversations: dict[str, list[dict]] = {}  # rendered prompt -> the messages it came from
+
+    def add_conversations(self, rendered: list[str], prompts: list) -> None:
+        """Remember the messages behind each rendered conversational prompt (plain prompts are skipped)."""
+        self.conversations.update({r: p for r, p in zip(rendered, prompts) if not isinstance(p, str)})
+
+    def inputs(self, prompts: list[str], completions: list[str]) -> tuple[list, list]:
+        """What reward functions and text-scored models receive: a conversational prompt as its messages with
+        each completion as an assistant turn (TRL's convention), a plain prompt as it is."""
+        if prompts and prompts[0] in self.conversations:
+            return reward_inputs([self.conversations[p] for p in prompts], completions)
+        return prompts, completions
 
     def score(
         self,
@@ -86,11 +99,14 @@ class RewardMix:
         """{'total': [B] tensor, <source name>: [B] raw scores} on the CPU. `update=False` leaves the running
         normalisation statistics alone (evaluation snapshots must not shift training's scale)."""
         parts = {}
+        reward_prompts, reward_completions = self.inputs(prompts, completions)
+        # a conversation is scored re-rendered whole by the template, as the reward model was trained on it
+        by_ids = reward_prompts is prompts
         for source in self.sources:
-            if isinstance(source.scorer, LearnedRewardModel) and source.same_tokenizer:
+            if isinstance(source.scorer, LearnedRewardModel) and source.same_tokenizer and by_ids:
                 parts[source.name] = source.scorer.score_ids(rollout_sequences(rollout, eos_id))
             else:
-                parts[source.name] = source.scorer(prompts, completions).float().cpu()
+                parts[source.name] = source.scorer(reward_prompts, reward_completions).float().cpu()
         total = sum(source.weight * parts[source.name] for source in self.sources)
         if self.clip is not None:
             total = total.clamp(-self.clip, self.clip)

@@ -57,7 +57,7 @@ class Snapshotter:
         )
         rewards = {name: float(values.mean()) for name, values in scored.items() if name != "total"}
         if self.gold is not None:
-            rewards["gold"] = float(self.gold(self.prompts, completions).mean())
+            rewards["gold"] = float(self.gold(*self.rewards.inputs(self.prompts, completions)).mean())
         record = {
             "step": step,
             "episodes": episodes,

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import distributed, diversity
+from pipeline.chat import render_prompt, use_template
 from pipeline.config import (
     LoraConfig,
     StageConfig,
@@ -31,7 +32,7 @@ from pipeline.config import (
     input_field,
 )
 from pipeline.config_schema import InvalidValue, to_dict
-from pipeline.data import PROMPT_ONLY, load_rows
+from pipeline.data import PROMPT_ONLY, is_conversational, load_rows
 from pipeline.errors import ConfigError, UserError
 from pipeline.health import HealthMonitor
 from pipeline.log import log
@@ -44,6 +45,7 @@ from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
 from stages.rl.experience import Sampler, behaviour, build_models, greedy_baseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController
+from stages.rl.rewards import RewardMix
 from stages.rl.rollout import (
     encode_prompts,
     left_pad,
@@ -51,7 +53,7 @@ from stages.rl.rollout import (
 )
 from stages.rl.snapshots import Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
-from stages.tracking import set_locations, tracker_keys
+from stages.tracking import log_run_files, run_files, set_locations, tracker_keys
 
 
 @dataclass
@@ -253,8 +255,8 @@ def check(cfg: Config) -> None:
 def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snapshotter | None:
     if not cfg.eval_every:
         return None
-    prompts = [r["prompt"] for r in load_rows(cfg.eval_prompts, PROMPT_ONLY, "RL evaluation prompts")]
-    prompts = prompts[: cfg.eval_max_prompts]
+    rows = load_rows(cfg.eval_prompts, PROMPT_ONLY, "RL evaluation prompts")[: cfg.eval_max_prompts]
+    prompts = policy_prompts(rows, tokenizer, rewards)
     sampling = {
         "max_new_tokens": cfg.max_new_tokens,
         "temperature": cfg.temperature,
@@ -273,6 +275,15 @@ def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards) -> Snap
         ctx.seed,
         cfg.save_snapshot_weights,
     )
+
+
+def policy_prompts(rows: list[dict], tokenizer, rewards: RewardMix) -> list[str]:
+    """The text the policy continues for each prompt row: a conversation rendered by the chat template with
+    its generation prompt, whose messages the reward mix keeps for the reward functions."""
+    originals = [row["prompt"] for row in rows]
+    rendered = [p if isinstance(p, str) else render_prompt(tokenizer, p) for p in originals]
+    rewards.add_conversations(rendered, originals)
+    return rendered
 
 
 def global_row_stats(values: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, float]:
@@ -348,17 +359,22 @@ def run(ctx: StageContext) -> StageResult:
     accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
     # the resolved config as the run's hyperparameters (flat keys: every tracker takes those)
     accelerator.init_trackers(ctx.name, config=flat_config(cfg))
+    if accelerator.is_main_process:
+        log_run_files(cfg.report_to, run_files(ctx.run_dir), logs_dir(ctx))
     device = accelerator.device
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, cfg.mixed_precision == "bf16")
-    prompts = [r["prompt"] for r in load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")]
+    prompt_rows = load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")
     episodes_per_step = cfg.batch_size * cfg.group_size
     steps = max(1, cfg.total_episodes // episodes_per_step)
 
     # 1. models (not wrapped in DDP: gradients are summed by hand, see update.py), optimizer, the algorithm
     tokenizer = load_tokenizer(ctx.inputs["policy"], cfg.trust_remote_code)
-    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
+    if cfg.chat_template or is_conversational(prompt_rows):
+        use_template(tokenizer, cfg.chat_template, ctx.inputs["policy"], f"Stage '{ctx.name}': prompts")
     stop_ids = stop_token_ids(tokenizer, cfg.stop_token)
     models = build_models(cfg, ctx.inputs, tokenizer, device)
+    prompts = policy_prompts(prompt_rows, tokenizer, models.rewards)
+    prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
     params = [p for m in models.trained.values() for p in m.parameters() if p.requires_grad]
     # fused: one kernel for every parameter instead of a Python loop over them (4x faster on CPU)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, fused=device.type in ("cpu", "cuda"))
