@@ -22,6 +22,14 @@ def setup() -> None:
         PartialState(cpu=not torch.cuda.is_available())
 
 
+def ensure_process_group() -> None:
+    """A process group even in a single process (a store in memory): what torch's sharding needs to run,
+    so a sharded run can also resume, or be tested, on one process."""
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -50,6 +58,15 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().to("cpu" if dist.get_backend() == "gloo" else tensor.device, torch.float64).clone()
     dist.all_reduce(out)
     return out.to(tensor.device, tensor.dtype)
+
+
+def all_max(value: float) -> float:
+    """The largest of the processes' values (each process passes its own)."""
+    if not active():
+        return value
+    out = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return float(out)
 
 
 def all_true(condition: bool) -> bool:

@@ -139,10 +139,12 @@ def trainer_and_rl_blocks(tiny_run: Path) -> dict:
     }
 
 
-def run(config: dict, run_dir: Path, nproc: int, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run(
+    config: dict, run_dir: Path, nproc: int, extra: tuple[str, ...] = (), env: dict | None = None
+) -> subprocess.CompletedProcess:
     config_file = run_dir.parent / f"{run_dir.name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RLHF_CRASH_AT"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RLHF_CRASH_AT"}, **(env or {})}
     command = [sys.executable, "-m", "pipeline", "run", str(config_file), "--run-dir", str(run_dir), *extra]
     if nproc > 1:
         command += ["--nproc", str(nproc)]

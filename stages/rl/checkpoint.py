@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from pipeline import distributed
 from pipeline.checkpoints import latest_valid, prune, write_index
+from pipeline.errors import UserError
 from pipeline.faults import crash_point
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream
@@ -62,24 +66,73 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save(folder: Path, state: RLState, models: dict[str, torch.nn.Module], optimizer) -> None:
-    """Write into `<folder>.tmp`, seal it with the index, then rename: a crash leaves no usable half."""
+def save(
+    folder: Path, state: RLState, models: dict[str, torch.nn.Module], optimizer, sharded: bool = False
+) -> None:
+    """Write into `<folder>.tmp`, seal it with the index, then rename: a crash leaves no usable half. Every
+    process calls it: sharded models are written by every process (its shards, torch.distributed.checkpoint),
+    everything else by the main process."""
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, model in models.items():
-        save_file(trainable_state(model), tmp / f"{name}.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    crash_point("ppo.checkpoint", state.step)
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")  # sampling noise is seeded by step
-    (tmp / "state.json").write_text(json.dumps(state.state_dict()))
-    write_index(tmp, state.step)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    if sharded:
+        dcp.save(sharded_state(models, optimizer), checkpoint_id=str(tmp / SHARDS))
+    elif distributed.is_main():
+        for name, model in models.items():
+            save_file(trainable_state(model), tmp / f"{name}.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    distributed.barrier()
+    if distributed.is_main():
+        crash_point("ppo.checkpoint", state.step)
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")  # sampling noise is seeded by step
+        (tmp / "state.json").write_text(json.dumps(state.state_dict()))
+        write_index(tmp, state.step)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    distributed.barrier()
 
 
-def load(folder: Path, state: RLState, models: dict[str, torch.nn.Module], optimizer) -> None:
-    """Restore weights, optimizer, RNG and `state` from a verified checkpoint folder."""
+SHARDS = "shards"  # a sharded run's weights and optimizer state, one file per writing process
+
+
+def sharded_state(models: dict[str, torch.nn.Module], optimizer) -> dict[str, Any]:
+    """The trainable weights and the optimizer state of sharded models, as torch.distributed.checkpoint
+    saves and loads them: keyed by parameter name, so a checkpoint resumes on any number of processes."""
+    options = StateDictOptions(ignore_frozen_params=True)
+    weights, optimizer_state = get_state_dict(torch.nn.ModuleDict(models), optimizer, options=options)
+    return {"models": weights, "optimizer": optimizer_state}
+
+
+def load(
+    folder: Path, state: RLState, models: dict[str, torch.nn.Module], optimizer, sharded: bool = False
+) -> None:
+    """Restore weights, optimizer, RNG and `state` from a verified checkpoint folder (on every process)."""
+    if (folder / SHARDS).is_dir() != sharded:
+        written, now = ("fsdp2", "replicated") if (folder / SHARDS).is_dir() else ("replicated", "fsdp2")
+        raise UserError(
+            f"Checkpoint {folder} was written by engine {written}; this run uses {now}. Resume with the "
+            "engine that wrote it, or start the stage afresh (rlhf run --from STAGE)."
+        )
+    if sharded:
+        saved = sharded_state(models, optimizer)
+        dcp.load(saved, checkpoint_id=str(folder / SHARDS))
+        set_state_dict(
+            torch.nn.ModuleDict(models),
+            optimizer,
+            model_state_dict=saved["models"],
+            optim_state_dict=saved["optimizer"],
+            options=StateDictOptions(ignore_frozen_params=True),
+        )
+    else:
+        load_replicated(folder, models, optimizer)
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    state.load_state_dict(json.loads((folder / "state.json").read_text()))
+
+
+def load_replicated(folder: Path, models: dict[str, torch.nn.Module], optimizer) -> None:
     for name, model in models.items():
         weights = load_file(folder / f"{name}.safetensors")
         missing = set(weights) - {n for n, _ in model.named_parameters()}
@@ -87,9 +140,6 @@ def load(folder: Path, state: RLState, models: dict[str, torch.nn.Module], optim
             raise RuntimeError(f"checkpoint {folder} has weights the model lacks: {sorted(missing)[:3]}")
         model.load_state_dict(weights, strict=False)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    state.load_state_dict(json.loads((folder / "state.json").read_text()))
 
 
 class CheckpointSchedule:

@@ -134,6 +134,7 @@ class Sampler:
                 self.stop_ids,
                 tokenizer.pad_token_id,
                 noise=noise,
+                synced=cfg.engine != "replicated",
             )
         crash_point("ppo.rollout", self.step)
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
@@ -198,6 +199,7 @@ def greedy_baseline(
         stop_ids,
         tokenizer.pad_token_id,
         greedy=True,
+        synced=cfg.engine != "replicated",
     )
     text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
     raw = models.rewards.score(greedy, prompts, text, tokenizer.eos_token_id, update=False)["total"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline import distributed
 from pipeline.errors import ConfigError, UserError
 from pipeline.models import position_ids_from_mask
 from stages.rl.masking import response_mask
@@ -66,8 +67,11 @@ def sample(
     generator: torch.Generator | None = None,
     greedy: bool = False,
     noise: SamplingNoise | None = None,
+    synced: bool = False,
 ) -> Rollout:
-    """Ancestral sampling of up to `max_new_tokens` per prompt, one forward pass per token over the cache."""
+    """Ancestral sampling of up to `max_new_tokens` per prompt, one forward pass per token over the cache.
+    `synced` (a sharded model): decoding goes on until every process is done, since each forward is a
+    collective the others wait on; a process already done feeds padding."""
     batch = query_ids.shape[0]
     stops = torch.tensor(list(stop_token_ids), device=query_ids.device)
     attention = query_mask.long()
@@ -88,7 +92,8 @@ def sample(
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         done |= torch.isin(token, stops)
-        if bool(done.all()):
+        finished = bool(done.all())
+        if distributed.all_true(finished) if synced else finished:
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         output = model(

@@ -5,12 +5,12 @@ reward-KL frontier and the over-optimisation check. Each snapshot can keep the p
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from reward_models import FunctionReward
-from stages.outputs import save_with_adapter
 from stages.rl.kl import masked_kl
 from stages.rl.rewards import RewardMix
 from stages.rl.rollout import batched_response_logprobs, sample
@@ -29,16 +29,12 @@ class Snapshotter:
         sampling: dict,
         work_dir: Path,
         seed: int,
-        save_weights: bool,
+        save: Callable[[torch.nn.Module, object, Path], None] | None,
     ):
+        """`save(policy, tokenizer, folder)` keeps each snapshot's weights (None: none kept)."""
         self.prompts, self.encoded, self.rewards, self.tokenizer = prompts, encoded, rewards, tokenizer
         self.gold = FunctionReward(gold) if gold else None
-        self.sampling, self.folder, self.seed, self.save_weights = (
-            sampling,
-            work_dir / FOLDER,
-            seed,
-            save_weights,
-        )
+        self.sampling, self.folder, self.seed, self.save = sampling, work_dir / FOLDER, seed, save
         self.records: list[dict] = []
 
     @torch.no_grad()
@@ -66,9 +62,9 @@ class Snapshotter:
             "response_length": float(rollout.response_mask.sum(1).mean()),
             "path": None,
         }
-        if self.save_weights:
+        if self.save is not None:
             path = self.folder / f"step-{step:06d}"
-            save_with_adapter(policy, self.tokenizer, path)
+            self.save(policy, self.tokenizer, path)
             record["path"] = f"{FOLDER}/{path.name}"
         self.records.append(record)
         return record

@@ -52,6 +52,10 @@ class UpdateSettings:
     kl_loss_coef: float  # > 0: KL to the reference as a loss term (GRPO style)
     kl_estimator: str
     skip_nonfinite: bool
+    # every process runs as many micro-batches as the busiest (weight-0 ones to make up): a sharded model's
+    # forward and backward are collectives every process must join
+    equal_micro_batches: bool = False
+    sync_gradients: Callable[[list], None] = distributed.sync_gradients  # the engine's: summed over processes
 
 
 class NonFiniteLoss(UserError):
@@ -97,11 +101,19 @@ def update(
             loss = torch.zeros((), device=mask.device)
             # every micro-batch's part is taken over the whole minibatch's counts, so accumulating their
             # gradients gives the minibatch's gradient exactly
-            for micro in part.split(settings.micro_batch_size or max(len(part), 1)):
-                if len(micro) == 0 or mask[micro].sum() == 0:
-                    continue
+            micros = [
+                micro
+                for micro in part.split(settings.micro_batch_size or max(len(part), 1))
+                if len(micro) and mask[micro].sum() > 0
+            ]
+            weights = [1.0] * len(micros)
+            if settings.equal_micro_batches:
+                missing = int(distributed.all_max(len(micros))) - len(micros)
+                micros += [torch.zeros(1, dtype=torch.long)] * missing  # any row: its loss counts 0 times
+                weights += [0.0] * missing
+            for micro, weight in zip(micros, weights):
                 micro_loss, micro_stats = minibatch_backward(
-                    settings, policy, value_model, batch, micro, ids, seq_mask, width, tokens, rows
+                    settings, policy, value_model, batch, micro, ids, seq_mask, width, tokens, rows, weight
                 )
                 loss = loss + micro_loss
                 for key, value in micro_stats.items():
@@ -122,7 +134,7 @@ def update(
                     )
                 log(f"[{stage}] step {step}: non-finite loss, minibatch skipped")
                 continue
-            distributed.sync_gradients(params)
+            settings.sync_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             crash_point("ppo.update", step)
@@ -150,9 +162,11 @@ def minibatch_backward(
     width: int,
     tokens: float,
     rows: float,
+    weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Back-propagate this process's part of the minibatch's loss (`tokens`, `rows`: the global minibatch's
-    real tokens and rows); returns the (detached) part and this process's part of each statistic.
+    real tokens and rows); returns the (detached) part and this process's part of each statistic. `weight`
+    0 runs the passes (a sharded model's collectives) and adds nothing to the gradients or statistics.
 
     The policy loss is the registered one, aggregated the configured way; the KL term is aggregated the same
     way; the value loss and the diagnostics are token means. A separate value model: the policy's loss goes
@@ -193,10 +207,10 @@ def minibatch_backward(
         loss = loss + settings.kl_loss_coef * kl
         stats["kl_loss"] = kl
     if value_model is None:
-        loss.backward()
-        return loss.detach(), {key: value.detach() for key, value in stats.items()}
+        (loss * weight).backward()
+        return weighted(loss, stats, weight)
     if not shared:
-        loss.backward()  # frees the policy's graph before the value model runs
+        (loss * weight).backward()  # frees the policy's graph before the value model runs
         loss = loss.detach()
         values = token_scores(value_model, ids[part], seq_mask[part])[:, width - 1 : -1]
     share = float(mask.sum()) / tokens  # the value loss is a token mean over the global minibatch
@@ -207,8 +221,12 @@ def minibatch_backward(
     stats.update(value_loss=value_loss, value_clip_fraction=value_clip_fraction)
     if shared:
         loss = loss + settings.vf_coef * value_loss
-        loss.backward()
+        (loss * weight).backward()
     else:
-        (settings.vf_coef * value_loss).backward()
+        (settings.vf_coef * value_loss * weight).backward()
         loss = loss + settings.vf_coef * value_loss.detach()
-    return loss.detach(), {key: value.detach() for key, value in stats.items()}
+    return weighted(loss, stats, weight)
+
+
+def weighted(loss: Tensor, stats: dict[str, Tensor], weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+    return loss.detach() * weight, {key: value.detach() * weight for key, value in stats.items()}
