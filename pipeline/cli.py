@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "nproc", None) and args.nproc > 1 and distributed.world_size() == 1:
-        return relaunch(argv if argv is not None else sys.argv[1:], args.nproc)
+    launch = getattr(args, "nproc", None) or getattr(args, "nnodes", None)
+    if launch and max(args.nproc or 1, args.nnodes or 1) > 1 and distributed.world_size() == 1:
+        return relaunch(argv if argv is not None else sys.argv[1:], args, parser)
     distributed.setup()
     try:
         return args.handler(args)
@@ -38,29 +40,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def relaunch(argv: list[str], nproc: int) -> int:
-    """Start N copies of this command under torchrun (they find each other through its env variables)."""
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--dist-timeout")
+
+
+def relaunch(argv: list[str], args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Start this command's processes on this node under torchrun (they find each other through its env
+    variables): `--nproc` of them; with `--nnodes M`, this node's share of M nodes that meet at
+    `--master-addr` (node 0's address) and `--master-port`."""
     import subprocess
 
     rest, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif arg in LAUNCH_OPTIONS:
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(tuple(f"{option}=" for option in LAUNCH_OPTIONS)):
             rest.append(arg)
+    nodes = args.nnodes or 1
+    if nodes > 1 and not args.master_addr:
+        parser.error("--nnodes > 1 needs --master-addr: the address of node 0, which every node can reach")
+    if not 0 <= args.node_rank < nodes:
+        parser.error(f"--node-rank must be in [0, {nodes - 1}] for --nnodes {nodes}, got {args.node_rank}")
+    where = (
+        [f"--nnodes={nodes}", f"--node_rank={args.node_rank}"]
+        + [f"--master_addr={args.master_addr}", f"--master_port={args.master_port}"]
+        if nodes > 1
+        else ["--standalone"]
+    )
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
+        *where,
+        f"--nproc_per_node={args.nproc or 1}",
         "-m",
         "pipeline",
         *rest,
     ]
-    return subprocess.call(command)
+    env = {**os.environ, distributed.TIMEOUT_VARIABLE: str(args.dist_timeout)}
+    return subprocess.call(command, env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run on N processes (torchrun); for GPUs, one per GPU. Same as `torchrun "
         "--nproc_per_node N -m pipeline run ...`",
+    )
+    run.add_argument("--nnodes", type=int, metavar="M", help="nodes taking part (run the command on each)")
+    run.add_argument("--node-rank", type=int, default=0, metavar="R", help="this node's number, 0 .. M-1")
+    run.add_argument("--master-addr", metavar="HOST", help="node 0's address, reachable from every node")
+    run.add_argument("--master-port", type=int, default=29500, metavar="PORT", help="node 0's free port")
+    run.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT_MINUTES,
+        metavar="MINUTES",
+        help="how long a collective waits for the slowest process (default 60; NCCL's own is 10)",
     )
     run.set_defaults(handler=cmd_run)
 

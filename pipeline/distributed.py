@@ -6,6 +6,7 @@ Every helper is a no-op in a single process, so the same code runs either way.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,25 @@ def setup() -> None:
     if world_size() > 1 and not dist.is_initialized():
         from accelerate import PartialState
 
-        PartialState(cpu=not torch.cuda.is_available())
+        PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=timeout_minutes()))
+
+
+TIMEOUT_VARIABLE = "RLHF_DIST_TIMEOUT_MINUTES"
+DEFAULT_TIMEOUT_MINUTES = 60.0  # NCCL's own 10 minutes is too short for a main-process-only phase at 7B
+
+
+def timeout_minutes() -> float:
+    """How long a collective may wait for the slowest process (`rlhf run --dist-timeout`)."""
+    return float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_MINUTES))
+
+
+def broadcast_from_main(value):
+    """The main process's `value` on every process (any picklable object)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def ensure_process_group() -> None:

@@ -6,7 +6,9 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +65,29 @@ class RunDir:
             probe.unlink()
         except OSError as exc:
             raise UserError(f"Run directory '{self.root}' cannot be written: {exc.strerror or exc}.") from exc
+
+    def check_shared(self) -> None:
+        """Every process must see the run directory the main process writes (on many nodes: a filesystem
+        they all mount). The main process writes a marker with a fresh token; each process reads it back.
+        A process that cannot see it stops every process, before any work, with a message saying so."""
+        marker = self.root / ".shared-marker"
+        token = secrets.token_hex(8) if distributed.is_main() else None
+        if distributed.is_main():
+            marker.write_text(token)
+        token = distributed.broadcast_from_main(token)
+        distributed.barrier()
+        try:
+            seen = marker.read_text() == token
+        except OSError:
+            seen = False
+        if not distributed.all_true(seen):
+            who = f"process {distributed.rank()} on {socket.gethostname()}"
+            raise UserError(
+                f"{'This' if not seen else 'Another'} process ({who if not seen else 'see its message'}) "
+                f"cannot see the run directory's marker file '{marker}' that the main process wrote: the run "
+                "directory must be on a filesystem every node mounts at the same path (NFS, Lustre, ...), "
+                "given as the same --run-dir on every node."
+            )
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

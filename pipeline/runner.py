@@ -169,6 +169,7 @@ class Runner:
         """
         self.rundir.prepare()
         distributed.barrier()
+        self.rundir.check_shared()
         with self.rundir.lock():
             to_run = self.plan(only, start)
             self.check_before_training(to_run, evaluate)
