@@ -49,6 +49,7 @@ def test_fsdp2_on_two_processes_trains_like_the_replicated_engine(stage, tiny_ru
     assert replicated.returncode == 0, replicated.stderr[-3000:]
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert 0.4 < held_fraction(sharded.stderr) < 0.6
+    assert "memory plan per process (2 processes, engine fsdp2)" in sharded.stderr
     (metrics_1, weights_1), (metrics_2, weights_2) = (
         outcome(tmp_path / "replicated", stage),
         outcome(tmp_path / "fsdp2", stage),

@@ -106,6 +106,7 @@ def test_mlflow_file_store_gets_every_step(tiny_run, tmp_path, monkeypatch):
 
 
 def test_a_trainer_stage_sends_its_metrics_and_the_run_files_to_mlflow(tiny_run, tmp_path, monkeypatch):
+    import mlflow
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -119,6 +120,7 @@ def test_a_trainer_stage_sends_its_metrics_and_the_run_files_to_mlflow(tiny_run,
         "report_to": ["mlflow"],
     }
     assert run({"name": "tracked", "threads": 2, "stages": {"sft": block}}, tmp_path) == 0
+    mlflow.flush_async_logging()  # transformers' callback logs asynchronously; a process exit flushes too
     client = MlflowClient((tmp_path / "run" / "logs" / "mlruns").resolve().as_uri())
     (tracked,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert [m.step for m in client.get_metric_history(tracked.info.run_id, "loss")] == [1, 2]

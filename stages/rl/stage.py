@@ -38,15 +38,16 @@ from pipeline.health import HealthMonitor
 from pipeline.log import log
 from pipeline.models import load_tokenizer
 from reward_models.functions import load_reward_function
+from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
 from stages.outputs import logs_dir
-from stages.rl import algorithms, checkpoint, registry
+from stages.rl import algorithms, checkpoint, memory_plan, registry
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
 from stages.rl.engine import ENGINES, make_engine
 from stages.rl.experience import Sampler, behaviour, build_models, greedy_baseline
 from stages.rl.kl import AdaptiveKLController, FixedKLController
-from stages.rl.models import build_policy
+from stages.rl.models import SharedValueHead, build_policy
 from stages.rl.rewards import RewardMix
 from stages.rl.rollout import (
     encode_prompts,
@@ -289,6 +290,35 @@ def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards, engine)
     )
 
 
+def check_memory_plan(cfg: Config, models, engine, stage: str) -> None:
+    """Print the memory plan per process (stages/rl/memory_plan.py); on a GPU, refuse one that cannot fit."""
+    shapes = [memory_plan.shape_of("policy", models.policy, True)]
+    if models.reference is not None:
+        shapes.append(memory_plan.shape_of("reference", models.reference, False))
+    if models.value_model is not None and not isinstance(models.value_model, SharedValueHead):
+        shapes.append(memory_plan.shape_of("value_model", models.value_model, True))
+    for source in models.rewards.sources:
+        if isinstance(source.scorer, LearnedRewardModel):
+            shapes.append(memory_plan.shape_of("reward_model", source.scorer.model, False))
+    world = distributed.world_size()
+    setting = memory_plan.Setting(
+        world=world,
+        sharded=engine.sharded,
+        micro_rows=cfg.micro_batch_size or max(1, cfg.minibatch_size // world),
+        tokens_per_row=cfg.max_prompt_length + cfg.max_new_tokens,
+        weight_bytes=2 if cfg.dtype == "bfloat16" else 4,
+        compute_bytes=2 if cfg.mixed_precision == "bf16" else 4,
+        lora=cfg.lora.enabled,
+    )
+    if distributed.is_main():
+        log(f"[{stage}] " + memory_plan.render(memory_plan.plan(shapes, setting), world, engine.name))
+    if torch.cuda.is_available():
+        budget = torch.cuda.mem_get_info()[1] * 0.95  # the rest: CUDA context and the allocator's slack
+        problem = memory_plan.refusal(shapes, setting, budget)
+        if problem:
+            raise UserError(f"Stage '{stage}': {problem}")
+
+
 def local_numel(parameter: torch.Tensor) -> int:
     """Elements of a parameter this process holds: its shard of a sharded (DTensor) one."""
     return parameter.to_local().numel() if hasattr(parameter, "to_local") else parameter.numel()
@@ -395,6 +425,7 @@ def run(ctx: StageContext) -> StageResult:
         lambda: build_policy(ctx.inputs["policy"], cfg.lora, cfg.trust_remote_code, cfg.dtype),
         cfg.mixed_precision == "bf16",
     )
+    check_memory_plan(cfg, models, engine, ctx.name)
     engine.prepare(models)
     if engine.sharded:
         held = sum(local_numel(p) for p in models.policy.parameters())
