@@ -107,3 +107,35 @@ def test_sft_with_lora_then_ppo_and_grpo_on_each_family(family, tokenizer, tmp_p
         assert all(abs(row["policy_loss"]) < 1e3 for row in history)
     assert "value_loss" in json.loads((tmp_path / "run" / "ppo" / "history.json").read_text())[0]
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "grpo")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_shared_value_head_path_gives_the_policys_own_logits(family, tokenizer):
+    """PPO's shared value head reads the policy's last hidden state from the same forward as the logits: the
+    logits are the policy's own (Gemma 2's final soft-capping included), so sampling and training agree."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models import position_ids_from_mask
+    from stages.rl.models import SharedValueHead, backbone_and_lm_head
+    from stages.rl.rollout import response_logits, response_logits_and_values
+
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_config(family_config(family, len(tokenizer), ids)).eval()
+    head = SharedValueHead(backbone_and_lm_head(policy)[1].in_features)
+    torch.nn.init.normal_(head.score.weight)
+    sequence = torch.randint(3, len(tokenizer), (2, 9))
+    mask = torch.ones_like(sequence)
+    mask[1, :2] = 0  # a left-padded prompt
+    with torch.no_grad():
+        logits, values = response_logits_and_values(policy, head, sequence, mask, width=5)
+        expected = response_logits(policy, sequence, mask, 5)
+        positions = position_ids_from_mask(mask)
+        output = policy(
+            input_ids=sequence, attention_mask=mask, position_ids=positions, output_hidden_states=True
+        )
+        hidden = output.hidden_states[-1]
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert logits.shape[1] == values.shape[1] == 4  # positions 4 .. 7 predict the 4 response tokens
+    assert torch.allclose(values, head(hidden[:, 4:-1]), atol=1e-5)

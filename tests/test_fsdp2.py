@@ -24,6 +24,8 @@ def rl_blocks(tiny_run) -> dict:
         "ppo_lora": {**ppo, "lr": 3e-3, "lora": {"enabled": True, "r": 4, "alpha": 8}},
         # one prompt per step with 4 samples: the second process has no prompt, only weight-0 rows
         "grpo": blocks["grpo"],
+        # the value head on the policy's last hidden state: one sharded forward gives logits and values
+        "ppo_shared": {**ppo, "total_episodes": 32, "shared_value_head": True},
     }
 
 
@@ -39,7 +41,7 @@ def held_fraction(stderr: str) -> float:
     return held / total
 
 
-@pytest.mark.parametrize("stage", ["ppo", "ppo_lora", "grpo"])
+@pytest.mark.parametrize("stage", ["ppo", "ppo_lora", "grpo", "ppo_shared"])
 def test_fsdp2_on_two_processes_trains_like_the_replicated_engine(stage, tiny_run, tmp_path):
     """Same rewards, KL, losses and final weights as one replicated process, within the tolerance two
     processes already need (test_distributed.py: sums in another order); each process holds about half."""

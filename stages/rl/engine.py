@@ -26,6 +26,7 @@ from pipeline import distributed
 from pipeline.models import backbone, is_encoder_classifier, without_peft_wrapper
 from reward_models.learned import LearnedRewardModel
 from stages.outputs import save_with_adapter
+from stages.rl.models import SharedValueHead
 
 ENGINES = ("replicated", "fsdp2")
 
@@ -38,17 +39,20 @@ class Replicated:
     def prepare(self, models) -> None:
         """Place an RLModels' policy, reference, value model and learned reward models."""
         self.prepare_policy(models.policy)
-        self.prepare_frozen(models.reference)
-        self.prepare_scorer(models.value_model)
+        self.prepare_whole(models.reference)
+        if isinstance(models.value_model, SharedValueHead):  # a head on the policy's last hidden state
+            self.prepare_whole(models.value_model)
+        else:
+            self.prepare_scorer(models.value_model)
         for source in models.rewards.sources:
             if isinstance(source.scorer, LearnedRewardModel):
                 model = source.scorer.model  # an encoder is read whole (its pooled first token)
-                self.prepare_frozen(model) if is_encoder_classifier(model) else self.prepare_scorer(model)
+                self.prepare_whole(model) if is_encoder_classifier(model) else self.prepare_scorer(model)
 
     def prepare_policy(self, policy: torch.nn.Module) -> None:
         pass
 
-    def prepare_frozen(self, model: torch.nn.Module | None) -> None:
+    def prepare_whole(self, model: torch.nn.Module | None) -> None:
         pass
 
     def prepare_scorer(self, model: torch.nn.Module | None) -> None:
@@ -83,7 +87,8 @@ class FSDP2(Replicated):
         """A causal LM is called whole (its forward gives logits): a unit per layer, the rest at the root."""
         self._shard([*decoder_layers(policy), policy])
 
-    def prepare_frozen(self, model: torch.nn.Module | None) -> None:
+    def prepare_whole(self, model: torch.nn.Module | None) -> None:
+        """A model called whole (a frozen reference, an encoder reward model, the shared value head)."""
         if model is not None:
             self._shard([*decoder_layers(model), model])
 

@@ -157,18 +157,20 @@ def response_logits_and_values(
     sequence_mask: Tensor,
     width: int,
 ) -> tuple[Tensor, Tensor]:
-    """One trunk forward for both: logits that predict each response token [B, R, V] and the shared value
-    head's V(s_t) read at the token before each [B, R] (the output layer runs on response positions only)."""
-    from stages.rl.models import backbone_and_lm_head
-
-    backbone, lm_head = backbone_and_lm_head(policy)
-    hidden = backbone(
+    """One forward of the policy for both: logits that predict each response token [B, R, V] and the shared
+    value head's V(s_t) on the last hidden state at the token before each [B, R]. The policy is called whole
+    (a sharded one gathers its weights in its own forward; a family's logit soft-capping applies), and its
+    output layer runs on the response positions only (`logits_to_keep`)."""
+    output = policy(
         input_ids=sequence_ids,
         attention_mask=sequence_mask,
         position_ids=position_ids_from_mask(sequence_mask),
         use_cache=False,
-    ).last_hidden_state[:, width - 1 : -1]
-    return lm_head(hidden), value_head(hidden)
+        output_hidden_states=True,
+        logits_to_keep=sequence_ids.shape[1] - width + 1,  # positions width-1 .. end
+    )
+    hidden = output.hidden_states[-1][:, width - 1 : -1]
+    return output.logits[:, :-1], value_head(hidden)
 
 
 def batched_logprobs_and_values(

@@ -168,12 +168,6 @@ class Config(StageConfig):
         check_positive(self, "overlong_buffer", "clip_range_low", "clip_range_high")
         check_choice(self, "algorithm", tuple(registry.known_algorithms()))
         check_choice(self, "engine", ENGINES)
-        if self.engine == "fsdp2" and self.shared_value_head:
-            raise ConfigError(
-                "shared_value_head reads the policy's trunk and output layer apart, which the fsdp2 engine "
-                "does not shard yet: use a separate value model (remove shared_value_head) or engine: "
-                "replicated."
-            )
         algorithm = registry.get_algorithm(self.algorithm)
         self.resolve_algorithm_defaults(algorithm)
         if self.overlong_buffer is not None and self.overlong_buffer >= self.max_new_tokens:
