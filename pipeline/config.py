@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline import distributed
 from pipeline.chat import check_template
 from pipeline.config_schema import InvalidValue, build, suggest, to_dict
 from pipeline.errors import ConfigError
@@ -136,6 +137,21 @@ class TrainingConfig(StageConfig):
             raise InvalidValue(
                 "micro_batch_size",
                 f"({self.micro_batch_size}) must divide batch_size ({self.batch_size}).",
+            )
+        # the launch is known when the config loads: refuse a split that cannot work before any stage trains
+        world = distributed.world_size()
+        if self.batch_size % world:
+            raise InvalidValue(
+                "batch_size",
+                f"({self.batch_size}) must be divisible by the number of processes ({world}): it is the "
+                "global batch, split evenly.",
+            )
+        share = self.batch_size // world
+        if self.micro_batch_size is not None and share % self.micro_batch_size:
+            raise InvalidValue(
+                "micro_batch_size",
+                f"({self.micro_batch_size}) must divide each process's share of batch_size "
+                f"({self.batch_size} / {world} processes = {share}).",
             )
         if self.max_steps != -1 and self.max_steps <= 0:
             raise InvalidValue("max_steps", f"must be -1 (train for `epochs`) or > 0, got {self.max_steps}.")

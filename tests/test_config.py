@@ -579,3 +579,23 @@ def test_existing_path_input_is_accepted(tmp_path: Path):
     model.mkdir()
     nodes = build_graph(load(f"stages.sft.init_from={model}"))
     assert nodes["sft"].inputs == {"init_from": str(model)} and nodes["sft"].depends_on == []
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ({"batch_size": 16}, "'stages.sft.batch_size' (16) must be divisible by the number of processes (3)"),
+        (
+            {"batch_size": 12, "micro_batch_size": 3},
+            "(3) must divide each process's share of batch_size (12 / 3 processes = 4)",
+        ),
+    ],
+)
+def test_a_batch_the_launch_cannot_split_is_refused_at_config_load(monkeypatch, block, message):
+    from pipeline.config import load_config
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    sft = {"kind": "sft", "init_from": "x", "data": "demo:reviews/sft", **block}
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, data={"stages": {"sft": sft}})
+    assert message in str(caught.value)
