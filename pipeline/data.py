@@ -53,13 +53,14 @@ def load_rows(source: str, columns: Sequence[str], what: str = "data") -> list[d
     chat = columns in CONVERSATIONAL and _has_messages(rows[0])
     for row, place in zip(rows, places):
         where = f"{origin}, {place}"
-        if columns in CONVERSATIONAL and _has_messages(row) != chat:
+        has_messages = _has_messages(row)
+        if columns in CONVERSATIONAL and has_messages != chat:
             raise DataError(
                 f"{where}: {'plain strings' if chat else 'lists of messages'}, but the first row holds "
                 f"{'lists of messages' if chat else 'plain strings'}: a data source is either conversational "
                 "or standard, not both."
             )
-        if columns not in CONVERSATIONAL and _has_messages(row):
+        if columns not in CONVERSATIONAL and has_messages:
             raise DataError(
                 f"{where}: lists of messages are not accepted in this data (only in SFT, preference and "
                 f"prompt data); it must have the fields {', '.join(columns)}."

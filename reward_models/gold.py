@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from reward_models.text import as_text
+
 POSITIVE_ADJECTIVES: tuple[str, ...] = (
     "great", "good", "excellent", "amazing", "wonderful", "lovely",
     "fantastic", "solid", "perfect", "nice", "superb", "brilliant",
@@ -40,13 +42,6 @@ SUPPORT_CUES: dict[tuple[str, ...], tuple[str, float]] = {
     ("call", "someone", "else"): ("call someone else", -1.5),
     ("can", "not", "help"): ("can not help", -1.5),
 }
-
-
-def _as_text(completion: str | list[dict]) -> str:
-    """TRL passes plain strings, or for conversational data a list of messages: score the last one."""
-    if isinstance(completion, str):
-        return completion
-    return completion[-1]["content"] if completion else ""
 
 
 def _finish_and_clip(score: float, tokens: list[str]) -> float:
@@ -94,12 +89,12 @@ def score_support_reply(completion: str) -> float:
 
 def reviews_gold(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
     """Gold reward of the "reviews" task; the prompt plays no part (kwargs: TRL compatibility)."""
-    return [score_review(_as_text(completion)) for completion in completions]
+    return [score_review(as_text(completion)) for completion in completions]
 
 
 def support_gold(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
     """Gold reward of the "support" task; the prompt plays no part (kwargs: TRL compatibility)."""
-    return [score_support_reply(_as_text(completion)) for completion in completions]
+    return [score_support_reply(as_text(completion)) for completion in completions]
 
 
 GOLD_SCORERS: dict[str, Callable[..., list[float]]] = {"reviews": reviews_gold, "support": support_gold}

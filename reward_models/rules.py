@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import re
 
+from reward_models.text import as_text
+
 _EQUATION = re.compile(r"(-?\d+)\s*([+-])\s*(-?\d+)\s*=")  # "7 + 5 =" anywhere in the prompt
 _INTEGER = re.compile(r"[+-]?\d+")
 _ANSWER_FORMAT = re.compile(r" a : -?\d+ \.")  # exactly what the demo data's answers look like
-
-
-def _as_text(text: str | list[dict]) -> str:
-    """TRL passes plain strings, or for conversational data a list of messages: use the last one."""
-    if isinstance(text, str):
-        return text
-    return text[-1]["content"] if text else ""
 
 
 def true_result(prompt: str) -> int:
@@ -43,8 +38,8 @@ def arithmetic_exact(prompts: list[str], completions: list[str], **kwargs) -> li
     `arithmetic_format`. The verifiable reward and gold scorer of the "arithmetic" demo task."""
     scores = []
     for prompt, completion in zip(prompts, completions, strict=True):
-        expected = true_result(_as_text(prompt))
-        scores.append(1.0 if parse_answer(_as_text(completion)) == expected else 0.0)
+        expected = true_result(as_text(prompt))
+        scores.append(1.0 if parse_answer(as_text(completion)) == expected else 0.0)
     return scores
 
 
@@ -52,7 +47,7 @@ def arithmetic_format(prompts: list[str], completions: list[str], **kwargs) -> l
     """Rewards the answer format: 1.0 if the completion is exactly " a : <int> ." (leading space, one
     space between tokens, nothing after the full stop), else 0.0. Whether the number is right plays
     no part."""
-    return [1.0 if _ANSWER_FORMAT.fullmatch(_as_text(c)) else 0.0 for c in completions]
+    return [1.0 if _ANSWER_FORMAT.fullmatch(as_text(c)) else 0.0 for c in completions]
 
 
 def length_penalty(
@@ -62,13 +57,13 @@ def length_penalty(
     separated tokens (punctuation included). 0.0 up to the target, -1.0 at twice the target."""
     if target_words < 1:
         raise ValueError(f"target_words must be at least 1, got {target_words}")
-    return [-max(0, len(_as_text(c).split()) - target_words) / target_words for c in completions]
+    return [-max(0, len(as_text(c).split()) - target_words) / target_words for c in completions]
 
 
 def ends_with_period(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
     """Rewards a finished reply: 1.0 if the completion, stripped of surrounding whitespace, ends with
     ".", else 0.0."""
-    return [1.0 if _as_text(c).strip().endswith(".") else 0.0 for c in completions]
+    return [1.0 if as_text(c).strip().endswith(".") else 0.0 for c in completions]
 
 
 def copy_exact(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
@@ -90,7 +85,7 @@ def sort_exact(prompts: list[str], completions: list[str], **kwargs) -> list[flo
 def _digits_answered(prompts, completions, verb: str, expected) -> list[float]:
     scores = []
     for prompt, completion in zip(prompts, completions):
-        wanted = expected(_as_text(prompt).split(verb, 1)[-1].split("=", 1)[0].split())
-        answer = _as_text(completion).split(".", 1)[0].replace("a :", "", 1).split()
+        wanted = expected(as_text(prompt).split(verb, 1)[-1].split("=", 1)[0].split())
+        answer = as_text(completion).split(".", 1)[0].replace("a :", "", 1).split()
         scores.append(1.0 if answer == wanted else 0.0)
     return scores

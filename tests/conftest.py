@@ -86,19 +86,41 @@ def tiny_config_dict() -> dict:
     return copy.deepcopy(TINY)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished tiny run directory (all four stages and the evaluation)."""
+def gold_rl_block(**overrides) -> dict:
+    """A small RL block scored by the reviews gold scorer alone (no reward model): 2 steps of 4 prompts x 4
+    samples, short responses. `overrides` add or replace keys (kind, algorithm, policy, ...)."""
+    return {
+        "reward_model": None,
+        "reward_functions": {"reward_models.gold:reviews_gold": 1.0},
+        "prompts": "demo:reviews/prompts",
+        "total_episodes": 32,
+        "batch_size": 4,
+        "group_size": 4,
+        "minibatch_size": 8,
+        "ppo_epochs": 1,
+        "max_new_tokens": 6,
+        **overrides,
+    }
+
+
+def finished_run(tmp_path_factory, name: str, config: dict) -> Path:
+    """Run `config` with `rlhf run` into a fresh folder and return its run directory (all of it finished)."""
     import yaml
 
     from pipeline.cli import main
 
-    root = tmp_path_factory.mktemp("tiny")
-    config_file = root / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config_dict()))
+    root = tmp_path_factory.mktemp(name)
+    config_file = root / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
     run_dir = root / "run"
     assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny run directory (all four stages and the evaluation)."""
+    return finished_run(tmp_path_factory, "tiny", tiny_config_dict())
 
 
 @pytest.fixture(scope="session")
@@ -128,13 +150,4 @@ def tiny_chat_config_dict() -> dict:
 @pytest.fixture(scope="session")
 def chat_run(tmp_path_factory) -> Path:
     """A finished tiny run on conversational data (every stage and the evaluation)."""
-    import yaml
-
-    from pipeline.cli import main
-
-    root = tmp_path_factory.mktemp("tiny-chat")
-    config_file = root / "chat.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_chat_config_dict()))
-    run_dir = root / "run"
-    assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 0
-    return run_dir
+    return finished_run(tmp_path_factory, "tiny-chat", tiny_chat_config_dict())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import gold_rl_block
 
 SIZE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
@@ -76,17 +77,6 @@ def test_sft_with_lora_then_ppo_and_grpo_on_each_family(family, tokenizer, tmp_p
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(family_config(family, len(tokenizer), ids))
     save_pretrained(model, tokenizer, tmp_path / "base")
-    rl = {
-        "reward_model": None,
-        "reward_functions": {"reward_models.gold:reviews_gold": 1.0},
-        "prompts": "demo:reviews/prompts",
-        "total_episodes": 32,
-        "batch_size": 4,
-        "group_size": 4,
-        "minibatch_size": 8,
-        "ppo_epochs": 1,
-        "max_new_tokens": 6,
-    }
     stages = {
         "sft": {
             "init_from": str(tmp_path / "base"),
@@ -95,8 +85,8 @@ def test_sft_with_lora_then_ppo_and_grpo_on_each_family(family, tokenizer, tmp_p
             "batch_size": 8,
             "lora": {"enabled": True, "r": 4, "alpha": 8},
         },
-        "ppo": {"kind": "rl", "algorithm": "ppo", "policy": "sft", "value_init": "policy", **rl},
-        "grpo": {"kind": "rl", "algorithm": "grpo", "policy": "sft", **rl},
+        "ppo": gold_rl_block(kind="rl", algorithm="ppo", policy="sft", value_init="policy"),
+        "grpo": gold_rl_block(kind="rl", algorithm="grpo", policy="sft"),
     }
     config_file = tmp_path / "family.yaml"
     config_file.write_text(yaml.safe_dump({"name": family, "threads": 2, "stages": stages}))

@@ -7,26 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import gold_rl_block
 
 from pipeline.cli import main
 
 
 def rl_config(tiny_run, report_to: list[str]) -> dict:
-    block = {
-        "kind": "rl",
-        "algorithm": "grpo",
-        "policy": str(tiny_run / "sft"),
-        "reward_model": None,
-        "reward_functions": {"reward_models.gold:reviews_gold": 1.0},
-        "prompts": "demo:reviews/prompts",
-        "total_episodes": 32,
-        "batch_size": 4,
-        "group_size": 4,
-        "minibatch_size": 8,
-        "ppo_epochs": 1,
-        "max_new_tokens": 6,
-        "report_to": report_to,
-    }
+    block = gold_rl_block(kind="rl", algorithm="grpo", policy=str(tiny_run / "sft"), report_to=report_to)
     return {"name": "tracked", "threads": 2, "stages": {"rl": block}}
 
 
