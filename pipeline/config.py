@@ -94,7 +94,9 @@ class StageConfig:
     seed: int | None = None  # None: the pipeline's seed
     trust_remote_code: bool = False
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb, ...; writes logs/<stage>/
-    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 for GPUs; leave "no" on CPU
+    # bf16 for GPUs, "no" on CPU. Unset: what the `accelerate launch` config asks for, else "no"; set, it
+    # must agree with that config (one source of truth: the Trainer and DeepSpeed read the launcher's).
+    mixed_precision: Literal["no", "bf16"] | None = None
     # The dtype weights are held (and updated) in. float32 keeps a full-precision master copy whatever the
     # checkpoint's stored dtype, and bf16 compute comes from mixed_precision. bfloat16 halves weight and
     # optimizer memory, but an update below ~1/256 of a weight rounds away (at lr 1e-6 most never move).
@@ -107,6 +109,7 @@ class StageConfig:
     def __post_init__(self) -> None:
         check_seed(self)
         check_chat_template(self)
+        self.mixed_precision = agreed_precision(self.mixed_precision, distributed.launcher_mixed_precision())
 
 
 @dataclass
@@ -189,6 +192,29 @@ def trainer_trackers() -> tuple[str, ...]:
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     return tuple(INTEGRATION_TO_CALLBACK)
+
+
+def agreed_precision(stage: str | None, launcher: str | None) -> str:
+    """The one mixed precision a stage trains in: its own `mixed_precision` key and the precision of the
+    `accelerate launch` config the run was started with (None without one) must not disagree, or the
+    Trainer (and DeepSpeed's config) would follow one and the stage's own code the other."""
+    if launcher not in (None, "no", "bf16"):
+        raise InvalidValue(
+            "mixed_precision",
+            f"cannot follow the accelerate config this run was launched with, which asks for {launcher!r} "
+            "(ACCELERATE_MIXED_PRECISION): the stages train in 'bf16' or 'no'; change that config's "
+            "mixed_precision.",
+        )
+    if stage is None:
+        return launcher or "no"
+    if launcher == "bf16" and stage != "bf16":
+        raise InvalidValue(
+            "mixed_precision",
+            f"is {stage!r}, but the accelerate config this run was launched with asks for 'bf16' "
+            "(ACCELERATE_MIXED_PRECISION): make them agree, or leave the stage's key out to follow the "
+            "accelerate config.",
+        )
+    return stage  # a launcher's "no" is also accelerate's default when its config names no precision
 
 
 def check_positive(cfg: Any, *names: str) -> None:

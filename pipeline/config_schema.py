@@ -90,6 +90,8 @@ def coerce(hint: Any, value: Any, where: str) -> Any:
         return {k: coerce(item, v, _join(where, k)) for k, v in value.items()}
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
+        if value is False and "no" in allowed:  # YAML 1.1 reads an unquoted no (off, false) as false
+            value = "no"
         if value not in allowed:
             raise ConfigError(
                 f"Config key '{where}' must be one of {', '.join(map(repr, allowed))}, got {value!r}."

@@ -53,6 +53,12 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launcher_mixed_precision() -> str | None:
+    """The mixed precision `accelerate launch` was given (its launcher exports it to every process), if the
+    run was started that way."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION")
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 

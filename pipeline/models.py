@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -305,12 +306,33 @@ def token_scores(
             f"{type(model).__name__} is an encoder classifier: it scores whole sequences, not tokens, so it "
             "cannot serve as a value model (with an encoder reward model set value_init: policy)."
         )
-    hidden = backbone(model)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-    ).last_hidden_state
-    return without_peft_wrapper(model).score(hidden).squeeze(-1)
+    with root_unsharded(model):
+        hidden = backbone(model)(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+        ).last_hidden_state
+        return without_peft_wrapper(model).score(hidden).squeeze(-1)
+
+
+@contextlib.contextmanager
+def root_unsharded(model: torch.nn.Module) -> Iterator[None]:
+    """Gathers the parameters of a model's outermost FSDP2 unit while its parts are called one by one.
+
+    FSDP2 gathers a unit's parameters in the hook of that unit's own forward. A model sharded by Accelerate
+    for a Trainer stage has one unit per decoder layer and one at the root holding everything else
+    (embeddings, final norm, score head): calling the trunk and then the head, as `token_scores` does, never
+    runs the root's forward, so its parameters would stay sharded. Every process must enter together."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def sequence_scores(

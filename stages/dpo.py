@@ -22,11 +22,11 @@ from stages.hf_trainer import (
     last_checkpoint,
     peft_config,
     rows_tokenizer_and_model,
+    save_trained,
     stage_callbacks,
     trainer_arguments,
     truncation,
 )
-from stages.outputs import save_with_adapter
 
 
 @dataclass
@@ -184,5 +184,5 @@ def run(ctx: StageContext) -> StageResult:
         metrics["eval_accuracy"] = preference_accuracy(margins)
         metrics["eval_margin"] = margins.mean().item()
         metrics["eval_pairs"] = float(len(eval_rows))
-    save_with_adapter(trainer.model, tokenizer, ctx.out_dir)
+    save_trained(trainer, tokenizer, ctx.out_dir)
     return StageResult(metrics=metrics)

@@ -1,7 +1,10 @@
-"""What the Trainer-based stages (pretrain, sft, reward) share: arguments, resuming, LoRA, saving."""
+"""What the Trainer-based stages (pretrain, sft, reward, dpo, task) share: arguments, resuming, LoRA, the
+held-out metrics before training, and saving under every engine Accelerate runs them with (DDP, FSDP2,
+DeepSpeed)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,17 @@ from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
+from pipeline.rundir import atomic_write_json
 from stages.base import StageContext
-from stages.outputs import logs_dir
+from stages.outputs import local_numel, logs_dir, save_sharded, save_with_adapter, unsharded_like
 from stages.tracking import log_run_files, run_files, set_locations, start_mlflow_run
 
 
-def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
-    """Keyword arguments shared by transformers' TrainingArguments and TRL's SFTConfig / RewardConfig."""
+def trainer_arguments(
+    cfg: TrainingConfig, ctx: StageContext, before: HeldOutBefore | None = None
+) -> dict[str, Any]:
+    """Keyword arguments shared by transformers' TrainingArguments and TRL's SFTConfig / RewardConfig.
+    `before`: the stage reports the Trainer's held-out metrics of the untrained model (see HeldOutBefore)."""
     save = bool(cfg.checkpoint_every)
     return dict(
         output_dir=str(ctx.work_dir / "trainer"),
@@ -37,7 +44,8 @@ def trainer_arguments(cfg: TrainingConfig, ctx: StageContext) -> dict[str, Any]:
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is read as a ratio of the total steps
         lr_scheduler_type=cfg.lr_scheduler,
         logging_steps=cfg.log_every,
-        eval_strategy="no",  # the stage evaluates before and after training itself
+        eval_strategy="no",  # the stage evaluates after training itself
+        eval_on_start=before is not None and before.metrics is None,
         save_strategy="steps" if save else "no",
         save_steps=cfg.checkpoint_every or 500,
         save_total_limit=max(1, cfg.keep_checkpoints),
@@ -127,22 +135,51 @@ def tracker_setup(report_to: list[str], ctx: StageContext) -> list[str] | str:
     return list(report_to) or "none"
 
 
-def evaluate_before_training(trainer) -> dict[str, float]:
-    """`trainer.evaluate()` on the untrained model, leaving the Trainer able to train on many processes.
+class HeldOutBefore(TrainerCallback):
+    """The Trainer's held-out metrics of the untrained model, measured by its own `eval_on_start` inside
+    `train()`, once the engine has prepared the model.
 
-    Evaluating first prepares the model in Accelerate's evaluation mode, which marks it
-    `_is_accelerate_prepared` without wrapping it in DistributedDataParallel; `train()` then sees the mark and
-    never wraps it, so every process trains alone on its shard and the processes' weights drift apart
-    (transformers 5.24 with accelerate 1.15). Undo that preparation; FSDP and DeepSpeed prepare the model for
-    real at evaluation time and are left as they are.
-    """
-    metrics = trainer.evaluate()
+    Calling `trainer.evaluate()` before `train()` instead fails or misleads under two engines: DeepSpeed
+    ZeRO-2 refuses evaluation outside training (ZeRO inference needs stage 3), and under DDP evaluating
+    first marks the model prepared without wrapping it, so `train()` never wraps it and each process trains
+    alone (transformers 5.24, accelerate 1.15). The figures are kept in the stage's work folder: a resumed
+    attempt starts from a checkpoint, not from the untrained model, and reports the first attempt's."""
+
+    FILE = "held_out_before.json"
+
+    def __init__(self, ctx: StageContext):
+        self.path = ctx.work_dir / self.FILE
+        self.metrics: dict[str, float] | None = (
+            json.loads(self.path.read_text()) if self.path.exists() else None
+        )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.metrics is None and state.global_step == 0:
+            self.metrics = dict(metrics)
+            if state.is_world_process_zero:
+                atomic_write_json(self.path, self.metrics)
+
+
+def save_trained(trainer, tokenizer, out_dir: Path) -> None:
+    """The stage's output folder (LoRA: merged weights and the adapter) under whichever engine trained.
+
+    Replicated weights (one process, DDP, DeepSpeed ZeRO-1/2) are saved by the main process. Sharded ones
+    are gathered first with every process taking part: FSDP through torch's distributed state dict, ZeRO-3
+    through Accelerate's `get_state_dict` (which needs `zero3_save_16bit_model: true`, as
+    configs/accelerate/deepspeed-zero3.yaml sets). The ZeRO-3 path has not been run: DeepSpeed does not run
+    on this project's CPU machines (docs/distributed.md)."""
     model = trainer.model
-    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled) and trainer.model_wrapped is model:
-        model._is_accelerate_prepared = False
-        if model in trainer.accelerator._models:
-            trainer.accelerator._models.remove(model)
-    return metrics
+    if trainer.is_fsdp_enabled:
+        save_sharded(model, tokenizer, out_dir, lambda: unsharded_like(model))
+    elif trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        full = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every process gathers
+        if distributed.is_main():
+            unsharded = unsharded_like(model)
+            unsharded.load_state_dict(full)
+            save_with_adapter(unsharded, tokenizer, out_dir)
+        distributed.barrier()
+    else:
+        save_with_adapter(model, tokenizer, out_dir)
 
 
 def loss_from_model_alone(trainer) -> None:
@@ -166,7 +203,11 @@ def last_checkpoint(ctx: StageContext) -> str | None:
 
 def stage_callbacks(ctx: StageContext, cfg: TrainingConfig) -> list[TrainerCallback]:
     """The callbacks of every Trainer stage: reliability, and the run's files sent to its trackers."""
-    return [ReliabilityCallback(ctx.name, cfg.skip_nonfinite), RunFilesCallback(cfg.report_to, ctx)]
+    return [
+        ReliabilityCallback(ctx.name, cfg.skip_nonfinite),
+        RunFilesCallback(cfg.report_to, ctx),
+        ShardReport(ctx.name),
+    ]
 
 
 class RunFilesCallback(TrainerCallback):
@@ -179,6 +220,23 @@ class RunFilesCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             log_run_files(self.report_to, self.files, self.logs)
+
+
+class ShardReport(TrainerCallback):
+    """Says, once the engine has prepared the model, how much of it each process holds: the proof that a
+    sharded launch really shards (an FSDP request Accelerate ignores would train replicated, silently)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        held = sum(local_numel(p) for p in model.parameters())
+        total = sum(p.numel() for p in model.parameters())
+        if held < total:
+            log(
+                f"[{self.stage}] FSDP2: this process holds {100 * held / total:.1f}% of the parameters "
+                f"({held:,} of {total:,})"
+            )
 
 
 class ReliabilityCallback(TrainerCallback):

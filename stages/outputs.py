@@ -6,13 +6,14 @@ peft with it: ~100 MB and ~2 s) when it does not use them."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from pipeline import distributed
 from pipeline.errors import UserError
-from pipeline.models import is_peft, save_pretrained
+from pipeline.models import is_peft, save_pretrained, without_peft_wrapper
 from stages.base import StageContext
 
 
@@ -39,3 +40,41 @@ def save_with_adapter(model, tokenizer, out_dir: Path) -> None:
         tokenizer.save_pretrained(out_dir / "adapter")
         model = copy.deepcopy(model).merge_and_unload()  # one extra copy of the weights while saving
     save_pretrained(model, tokenizer, out_dir)
+
+
+def save_sharded(
+    model: torch.nn.Module, tokenizer, out_dir: Path, rebuild: Callable[[], torch.nn.Module]
+) -> None:
+    """The output folder of a model sharded over the processes (FSDP): every process takes part in gathering
+    the whole weights onto the main process's CPU, where they are loaded into an unsharded copy made by
+    `rebuild` and saved as `save_with_adapter` saves. Saving from the main process alone would read shards
+    it does not hold (a hang, or a broken folder)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if distributed.is_main():
+        unsharded = rebuild()
+        unsharded.load_state_dict(full)
+        save_with_adapter(unsharded, tokenizer, out_dir)
+    distributed.barrier()
+
+
+def unsharded_like(model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh, unsharded model of the same architecture, dtype and adapters as a sharded one (its weights
+    are to be overwritten). FSDP2 turns each sharded module's class into a subclass `FSDP<Name>` of its
+    own: the first class in the MRO that is not FSDP's is the original."""
+    from torch.distributed.fsdp import FSDPModule
+
+    base = without_peft_wrapper(model)
+    original = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
+    unsharded = original(base.config).to(base.dtype)
+    if is_peft(model):
+        from peft import get_peft_model
+
+        unsharded = get_peft_model(unsharded, model.peft_config[model.active_adapter])
+    return unsharded
+
+
+def local_numel(parameter: torch.Tensor) -> int:
+    """Elements of a parameter this process holds: its shard of a sharded (DTensor) one."""
+    return parameter.to_local().numel() if hasattr(parameter, "to_local") else parameter.numel()

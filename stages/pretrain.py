@@ -23,7 +23,6 @@ from pipeline.models import (
     build_seq2seq_lm,
     load_model,
     load_tokenizer,
-    save_pretrained,
     sentinel_ids,
     train_bpe_tokenizer,
     train_encoder_tokenizer,
@@ -31,9 +30,10 @@ from pipeline.models import (
 )
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    evaluate_before_training,
+    HeldOutBefore,
     last_checkpoint,
     loss_from_model_alone,
+    save_trained,
     stage_callbacks,
     trainer_arguments,
 )
@@ -235,9 +235,10 @@ def run(ctx: StageContext) -> StageResult:
         raise ConfigError(f"The pretraining data is shorter than one block of {cfg.block_size} tokens.")
 
     # 2. train, measuring held-out loss (and the objective's own metrics) before and after
-    args = trainer_arguments(cfg, ctx) | {"remove_unused_columns": not objective.keep_columns}
+    before = HeldOutBefore(ctx) if objective.eval_rows else None
+    args = trainer_arguments(cfg, ctx, before) | {"remove_unused_columns": not objective.keep_columns}
     trainer = Trainer(
-        callbacks=stage_callbacks(ctx, cfg),
+        callbacks=stage_callbacks(ctx, cfg) + ([before] if before else []),
         model=model,
         args=TrainingArguments(**args),
         train_dataset=datasets.Dataset.from_list(objective.train_rows),
@@ -249,13 +250,13 @@ def run(ctx: StageContext) -> StageResult:
     )
     if cfg.objective != "clm":  # causal LMs divide by the global token count themselves
         loss_from_model_alone(trainer)
-    metrics: dict[str, float] = {}
-    if objective.eval_rows:
-        metrics |= {f"{k}_before": v for k, v in held_out_metrics(trainer, before_training=True).items()}
     train_output = trainer.train(resume_from_checkpoint=last_checkpoint(ctx))
+    metrics: dict[str, float] = {}
+    if before:
+        metrics |= {f"{k}_before": v for k, v in held_out_metrics(before.metrics).items()}
     metrics["train_loss"] = train_output.training_loss
     if objective.eval_rows:
-        metrics |= held_out_metrics(trainer)
+        metrics |= held_out_metrics(trainer.evaluate())
         if cfg.objective == "clm":
             metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     metrics["train_tokens"] = float(
@@ -265,12 +266,11 @@ def run(ctx: StageContext) -> StageResult:
     # 3. HF-native output
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    save_pretrained(trainer.model, tokenizer, ctx.out_dir)
+    save_trained(trainer, tokenizer, ctx.out_dir)
     return StageResult(metrics=metrics)
 
 
-def held_out_metrics(trainer, before_training: bool = False) -> dict[str, float]:
+def held_out_metrics(results: dict[str, float]) -> dict[str, float]:
     """eval_loss and the objective's eval_* metrics (the Trainer's timing entries left out)."""
     skip = ("runtime", "per_second", "preparation_time", "epoch")
-    results = evaluate_before_training(trainer) if before_training else trainer.evaluate()
     return {k: v for k, v in results.items() if not any(s in k for s in skip)}

@@ -12,16 +12,16 @@ from pipeline.config import LoraConfig, TrainingConfig, check_positive, check_so
 from pipeline.data import PROMPT_COMPLETION, check_sources, is_conversational
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
-    evaluate_before_training,
+    HeldOutBefore,
     last_checkpoint,
     peft_config,
     rows_tokenizer_and_model,
+    save_trained,
     stage_callbacks,
     trainer_arguments,
     truncation,
     truncation_metrics,
 )
-from stages.outputs import save_with_adapter
 
 
 @dataclass
@@ -64,8 +64,9 @@ def run(ctx: StageContext) -> StageResult:
         cfg, ctx, PROMPT_COMPLETION, "SFT data", "AutoModelForCausalLM"
     )
 
+    before = HeldOutBefore(ctx) if eval_rows else None
     args = SFTConfig(
-        **trainer_arguments(cfg, ctx),
+        **trainer_arguments(cfg, ctx, before),
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
@@ -79,7 +80,7 @@ def run(ctx: StageContext) -> StageResult:
     else:
         metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["completion"])
     trainer = SFTTrainer(
-        callbacks=stage_callbacks(ctx, cfg),
+        callbacks=stage_callbacks(ctx, cfg) + ([before] if before else []),
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
@@ -87,11 +88,12 @@ def run(ctx: StageContext) -> StageResult:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
     )
-    if eval_rows:
-        metrics["eval_loss_before"] = evaluate_before_training(trainer)["eval_loss"]
-    metrics["train_loss"] = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
+    train_loss = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
+    if before:
+        metrics["eval_loss_before"] = before.metrics["eval_loss"]
+    metrics["train_loss"] = train_loss
     if eval_rows:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    save_with_adapter(trainer.model, tokenizer, ctx.out_dir)
+    save_trained(trainer, tokenizer, ctx.out_dir)
     return StageResult(metrics=metrics)

@@ -37,11 +37,11 @@ from stages.hf_trainer import (
     last_checkpoint,
     loss_from_model_alone,
     peft_config,
+    save_trained,
     stage_callbacks,
     trainer_arguments,
 )
 from stages.objectives import IGNORE, pad
-from stages.outputs import save_with_adapter
 
 COLUMNS = {"classification": CLASSIFICATION, "token_classification": TOKEN_TAGS, "seq2seq": SOURCE_TARGET}
 AUTO_CLASSES = {
@@ -298,5 +298,5 @@ def run(ctx: StageContext) -> StageResult:
         results["eval_rows"] = float(len(eval_rows))
 
     # 4. HF-native output (a LoRA adapter in adapter/, merged weights at the top)
-    save_with_adapter(model, tokenizer, ctx.out_dir)
+    save_trained(trainer, tokenizer, ctx.out_dir)
     return StageResult(metrics=results)

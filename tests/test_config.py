@@ -599,3 +599,39 @@ def test_a_batch_the_launch_cannot_split_is_refused_at_config_load(monkeypatch, 
     with pytest.raises(ConfigError) as caught:
         load_config(None, data={"stages": {"sft": sft}})
     assert message in str(caught.value)
+
+
+# ---------------------------------------------------------------- one source of precision
+@pytest.mark.parametrize(
+    "launcher, stage_key, trained_in",
+    [
+        (None, None, "no"),  # plain `rlhf run`: CPU default
+        (None, "bf16", "bf16"),
+        ("bf16", None, "bf16"),  # an accelerate config's bf16 is followed by a stage that names none
+        ("bf16", "bf16", "bf16"),
+        ("no", "bf16", "bf16"),  # "no" is also accelerate launch's default when its config names none
+    ],
+)
+def test_each_stage_trains_in_one_precision_agreed_with_the_launcher(
+    monkeypatch, launcher, stage_key, trained_in
+):
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    overrides = [f"stages.{name}.mixed_precision={stage_key}" for name in BASE["stages"]] if stage_key else []
+    config = load(*overrides)
+    assert {stage.mixed_precision for stage in config.stages.values()} == {trained_in}
+
+
+def test_a_stage_precision_that_contradicts_the_accelerate_config_is_refused(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    message = refused("stages.sft.mixed_precision=no")
+    assert "'stages.sft.mixed_precision' is 'no'" in message
+    assert "asks for 'bf16'" in message and "leave the stage's key out" in message
+
+
+def test_an_accelerate_precision_the_stages_cannot_train_in_is_refused(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    message = refused()
+    assert "asks for 'fp16'" in message and "'bf16' or 'no'" in message

@@ -19,13 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from pipeline import distributed
 from pipeline.models import backbone, is_encoder_classifier, without_peft_wrapper
 from reward_models.learned import LearnedRewardModel
-from stages.outputs import save_with_adapter
+from stages.outputs import save_sharded, save_with_adapter
 from stages.rl.models import SharedValueHead
 
 ENGINES = ("replicated", "fsdp2")
@@ -118,18 +117,7 @@ class FSDP2(Replicated):
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
         """Gather the full weights (every process takes part), load them into an unsharded copy on the main
         process and save it as the replicated engine does."""
-        full = full_state_dict(model)
-        if distributed.is_main():
-            copy = self.rebuild_policy()
-            copy.load_state_dict(full)
-            save_with_adapter(copy, tokenizer, out_dir)
-        distributed.barrier()
-
-
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole state dict of a sharded model on the main process's CPU (empty on the others)."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
+        save_sharded(model, tokenizer, out_dir, self.rebuild_policy)
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

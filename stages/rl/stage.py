@@ -40,7 +40,7 @@ from pipeline.models import load_tokenizer
 from reward_models.functions import load_reward_function
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
-from stages.outputs import logs_dir
+from stages.outputs import local_numel, logs_dir
 from stages.rl import algorithms, checkpoint, memory_plan, registry
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
@@ -311,11 +311,6 @@ def check_memory_plan(cfg: Config, models, engine, stage: str) -> None:
         problem = memory_plan.refusal(shapes, setting, budget)
         if problem:
             raise UserError(f"Stage '{stage}': {problem}")
-
-
-def local_numel(parameter: torch.Tensor) -> int:
-    """Elements of a parameter this process holds: its shard of a sharded (DTensor) one."""
-    return parameter.to_local().numel() if hasattr(parameter, "to_local") else parameter.numel()
 
 
 def policy_prompts(rows: list[dict], tokenizer, rewards: RewardMix) -> list[str]:
