@@ -86,6 +86,21 @@ class LoraConfig:
             )
 
 
+ROLLOUT_ENGINES = ("hf", "paged")  # stages/rl/generation.py
+
+
+@dataclass
+class RolloutConfig:
+    """How responses are generated, in the RL stage and in the evaluation (stages/rl/generation.py)."""
+
+    # hf: our exact loop over the KV cache (the default; 1 and N processes sample alike); paged: transformers'
+    # continuous batching, a GPU engine (slow on CPU at small sizes, docs/benchmarks.md)
+    engine: str = "hf"
+
+    def __post_init__(self) -> None:
+        check_choice(self, "engine", ROLLOUT_ENGINES)
+
+
 @dataclass
 class StageConfig:
     """Keys every stage has."""
@@ -301,6 +316,7 @@ class EvaluationConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     stop_token: str | None = None  # None: the tokenizer's EOS (set it like the RL stage's stop_token)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # the engine that samples the policies
     chat_template: str | None = None  # for conversational prompts: replaces every policy tokenizer's own
     batch_size: int = 128
     confidence: float = 0.95

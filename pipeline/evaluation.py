@@ -68,9 +68,11 @@ def check(cfg: EvaluationConfig) -> None:
 def sample_policy(
     source: str, reference: Reference, prompts: list, cfg: EvaluationConfig, seed: int, desc: str
 ) -> PolicySamples:
-    """Sample `samples_per_prompt` completions per prompt with a fixed generator seed. A conversational
-    prompt is rendered by this policy's own chat template, with its generation prompt."""
-    from stages.rl.rollout import batched_response_logprobs, left_pad, sample
+    """Sample `samples_per_prompt` completions per prompt with a fixed generator seed, through the configured
+    rollout engine. A conversational prompt is rendered by this policy's own chat template, with its
+    generation prompt."""
+    from stages.rl.generation import GenerationRequest, make_engine
+    from stages.rl.rollout import batched_response_logprobs, left_pad
 
     device = reference.device
     tokenizer = load_tokenizer(source)
@@ -86,22 +88,22 @@ def sample_policy(
         policy = load_model("AutoModelForCausalLM", source).to(device).eval()
     comparable = reference.compatible(tokenizer)
     generator = torch.Generator(device=device).manual_seed(seed)
+    engine = make_engine(cfg.rollout.engine)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     encoded = tokenizer(repeated, add_special_tokens=False)["input_ids"]
     out = PolicySamples([], [], [] if comparable else None, [] if comparable else None)
     for start in tqdm(range(0, len(repeated), cfg.batch_size), desc=desc, leave=False):
         batch = encoded[start : start + cfg.batch_size]
         query_ids, query_mask = left_pad(batch, tokenizer.pad_token_id, device)
-        rollout = sample(
-            policy,
-            query_ids,
-            query_mask,
+        request = GenerationRequest(
             cfg.max_new_tokens,
             cfg.temperature,
             stop_ids,
             tokenizer.pad_token_id,
-            generator,
+            generator=generator,
+            seed=seed + start,
         )
+        rollout = engine.generate(policy, query_ids, query_mask, request)
         mask = rollout.response_mask
         out.lengths += mask.sum(1).long().tolist()
         out.completions += tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)

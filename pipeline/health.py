@@ -38,6 +38,7 @@ class Thresholds:
     flat_window: int = 10  # reward_flat: this many consecutive steps ...
     flat_tolerance: float = 1e-3  # ... whose mean reward stays within this range (max - min)
     value_loss_factor: float = 10.0  # value_loss_explosion: value loss at or above this multiple of its start
+    mismatch_kl_max: float = 0.01  # sampler_mismatch: KL(sampler || trainer) per token at or above this
 
 
 THRESHOLD_NAMES = [f.name for f in dataclasses.fields(Thresholds)]
@@ -195,6 +196,22 @@ def _value_loss_explosion(history: list[dict], limits: Thresholds) -> HealthWarn
     )
 
 
+def _sampler_mismatch(history: list[dict], limits: Thresholds) -> HealthWarning | None:
+    series = _series(history, "mismatch/kl")
+    streak = _first_streak(series, lambda kl: not kl < limits.mismatch_kl_max, limits.patience)
+    if streak is None:
+        return None
+    step, values = streak
+    return HealthWarning(
+        "sampler_mismatch",
+        step,
+        f"The rollout engine samples from a distribution the trainer does not compute: KL(sampler || "
+        f"trainer) {values[0]:.3g} per token at step {step}, at least {limits.mismatch_kl_max:g} for "
+        f"{len(values)} steps in a row. Truncated importance sampling (tis_cap) corrects the gradient only "
+        "up to its cap: check the engine's precision against the trainer's, or use rollout.engine: hf.",
+    )
+
+
 CHECKS = (
     _kl_runaway,
     _entropy_collapse,
@@ -202,6 +219,7 @@ CHECKS = (
     _empty_responses,
     _reward_flat,
     _value_loss_explosion,
+    _sampler_mismatch,
 )
 
 

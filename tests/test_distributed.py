@@ -13,6 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from stages.rl.stage import measured_by_clock
+
 # Two processes sum gradients and statistics in another order than one process: float32 rounding differs
 # in the last bits, and a few optimizer steps amplify it a little. Anything beyond this is a real mismatch.
 TOLERANCE = 2e-4
@@ -157,11 +159,11 @@ def outcome(run_dir: Path, stage: str) -> tuple[dict, dict]:
     metrics = {
         k: v
         for k, v in record["metrics"].items()
-        if k not in ("episodes_per_second", "peak_rss_mb", "peak_rss_added_mb")
+        if k not in ("episodes_per_second", "peak_rss_mb", "peak_rss_added_mb") and not measured_by_clock(k)
     }
     if history.exists():
         metrics["history"] = [
-            {k: v for k, v in r.items() if k != "elapsed_s"} for r in json.loads(history.read_text())
+            {k: v for k, v in r.items() if not measured_by_clock(k)} for r in json.loads(history.read_text())
         ]
     return metrics, load_file(run_dir / stage / "model.safetensors")
 

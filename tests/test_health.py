@@ -105,6 +105,14 @@ def test_value_loss_exploding():
     assert kinds(training_warnings(nan)) == [("value_loss_explosion", 9)]
 
 
+def test_a_sampler_far_from_the_trainer():
+    # KL(sampler || trainer) per token: rounding-level (1e-6) until step 12, then 0.02 (above the 0.01 limit)
+    history = trace(**{"mismatch/kl": lambda s: 1e-6 if s < 12 else 0.02})
+    assert kinds(training_warnings(history)) == [("sampler_mismatch", 12)]
+    assert training_warnings(history, mismatch_kl_max=0.05) == []
+    assert training_warnings(trace(**{"mismatch/kl": lambda s: 1e-6})) == []
+
+
 def test_several_warnings_are_ordered_by_step_and_thresholds_can_be_changed():
     history = trace(
         response_length=lambda s: 12.0 if s < 18 else 1.0,

@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.rundir import RunDir
+from stages.rl.stage import measured_by_clock
 
 # Measured per run, not resumable: wall-clock figures, and the Trainer's running mean of the training
 # loss (transformers restarts that accumulator on resume; the weights and held-out metrics are exact).
@@ -25,6 +26,10 @@ MEASURED = {
     "peak_cuda_mb",
 }  # of the machine, not of the training
 NOT_COMPARED = MEASURED | {"train_loss"}
+
+
+def measured(key: str) -> bool:
+    return key in MEASURED or measured_by_clock(key)
 
 
 def stage_config(tiny_run: Path, stage: str) -> dict:
@@ -100,8 +105,11 @@ def final_metrics(run_dir: Path, stage: str) -> dict:
     record = json.loads((run_dir / stage / "rlhf_stage.json").read_text())
     history = run_dir / stage / "history.json"
     rows = json.loads(history.read_text()) if history.exists() else []
-    metrics = {k: v for k, v in record["metrics"].items() if k not in NOT_COMPARED}
-    return {"metrics": metrics, "history": [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]}
+    metrics = {
+        k: v for k, v in record["metrics"].items() if k not in NOT_COMPARED and not measured_by_clock(k)
+    }
+    history = [{k: v for k, v in r.items() if not measured_by_clock(k)} for r in rows]
+    return {"metrics": metrics, "history": history}
 
 
 def weights(run_dir: Path, stage: str) -> dict:
@@ -229,8 +237,8 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_run, tiny_config_file, 
     assert main(["run", str(tiny_config_file), "--run-dir", str(tmp_path / "again")]) == 0
     first, second = (json.loads((d / "manifest.json").read_text()) for d in (tiny_run, tmp_path / "again"))
     for stage in first["stages"]:
-        a = {k: v for k, v in first["stages"][stage]["metrics"].items() if k not in MEASURED}
-        b = {k: v for k, v in second["stages"][stage]["metrics"].items() if k not in MEASURED}
+        a = {k: v for k, v in first["stages"][stage]["metrics"].items() if not measured(k)}
+        b = {k: v for k, v in second["stages"][stage]["metrics"].items() if not measured(k)}
         assert a == b, stage
     eval_a, eval_b = (
         json.loads((d / "eval" / "metrics.json").read_text()) for d in (tiny_run, tmp_path / "again")

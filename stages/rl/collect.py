@@ -153,12 +153,14 @@ def merge_rows(rollouts: list[Rollout], picks: list[tuple[int, int]], pad_id: in
             pad(rollout.response_mask, right, value=0.0),
             rollout.last_index,
             rollout.ended,
+            None if rollout.sampler_logprobs is None else pad(rollout.sampler_logprobs, right, value=0.0),
         )
 
     same_width = [aligned(r) for r in rollouts]
-    return Rollout(
-        *(
-            torch.stack([getattr(same_width[r], f.name)[row] for r, row in picks])
-            for f in dataclasses.fields(Rollout)
-        )
-    )
+
+    def picked(name: str) -> Tensor | None:
+        if getattr(same_width[0], name) is None:
+            return None
+        return torch.stack([getattr(same_width[r], name)[row] for r, row in picks])
+
+    return Rollout(*(picked(f.name) for f in dataclasses.fields(Rollout)))

@@ -6,8 +6,9 @@ The stage (stages/rl/stage.py) calls these in order; each is a short function of
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ from pipeline.errors import ConfigError
 from pipeline.faults import crash_point
 from pipeline.models import token_scores
 from stages.rl import registry
+from stages.rl.generation import GenerationRequest, RolloutEngine
 from stages.rl.kl import masked_kl
 from stages.rl.models import (
     SharedValueHead,
@@ -26,10 +28,10 @@ from stages.rl.models import (
     build_value_model,
     reference_mode,
 )
+from stages.rl.noise import SamplingNoise
 from stages.rl.rewards import RewardMix, build_reward_mix, overlong_penalty, penalize_unfinished
 from stages.rl.rollout import (
     Rollout,
-    SamplingNoise,
     batched_logprobs_and_values,
     batched_response_logprobs,
     left_pad,
@@ -112,6 +114,8 @@ class Sampler:
     prompt_ids: dict[str, list[int]]
     stop_ids: list[int]
     autocast: Callable
+    engine: RolloutEngine
+    seconds: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "score": 0.0})
 
     def __call__(self, prompts: list[str], row_weight: Tensor, round_index: int):
         cfg, tokenizer = self.cfg, self.models.tokenizer
@@ -120,29 +124,33 @@ class Sampler:
         query_ids, query_mask = left_pad(encoded, tokenizer.pad_token_id, device)
         rows = distributed.shard(cfg.batch_size)
         first_row = rows.start * cfg.group_size if row_weight.sum() > 0 else 0  # a placeholder's rows: unused
-        global_rows = cfg.batch_size * cfg.group_size
-        noise = SamplingNoise(
-            self.seed, self.step, global_rows, slice(first_row, first_row + len(prompts)), round_index
+        request = GenerationRequest(
+            cfg.max_new_tokens,
+            cfg.temperature,
+            self.stop_ids,
+            tokenizer.pad_token_id,
+            noise=SamplingNoise(self.seed, self.step, first_row, round_index),
+            seed=engine_seed(self.seed, self.step, round_index, distributed.rank()),
+            synced=cfg.engine != "replicated",
         )
+        started = time.perf_counter()
         with torch.no_grad(), self.autocast():
-            rollout = sample(
-                self.models.policy.eval(),
-                query_ids,
-                query_mask,
-                cfg.max_new_tokens,
-                cfg.temperature,
-                self.stop_ids,
-                tokenizer.pad_token_id,
-                noise=noise,
-                synced=cfg.engine != "replicated",
-            )
+            rollout = self.engine.generate(self.models.policy.eval(), query_ids, query_mask, request)
+        self.seconds["generate"] += time.perf_counter() - started
         crash_point("ppo.rollout", self.step)
+        started = time.perf_counter()
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
         eos = tokenizer.eos_token_id  # reward statistics are updated with round 0's scores only
         parts = self.models.rewards.score(
             rollout, prompts, completions, eos, weight=row_weight, update=round_index == 0
         )
+        self.seconds["score"] += time.perf_counter() - started
         return rollout, shaped_scores(cfg, parts["total"], rollout), parts
+
+
+def engine_seed(seed: int, step: int, round_index: int, rank: int) -> int:
+    """The seed of an engine with its own RNG for one sampling round on one process (< 2^31)."""
+    return (seed * 1_000_003 + step * 10_007 + round_index * 101 + rank) % (2**31 - 1)
 
 
 def values_of(value_model, rollout: Rollout) -> Tensor:

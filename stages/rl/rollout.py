@@ -17,24 +17,7 @@ from pipeline import distributed
 from pipeline.errors import ConfigError, UserError
 from pipeline.models import position_ids_from_mask
 from stages.rl.masking import response_mask
-
-
-@dataclass
-class SamplingNoise:
-    """Gumbel noise for row r of a global batch at token t, drawn from a generator seeded by (seed, step, t):
-    a row samples the same tokens whichever process holds it, so one process and several agree exactly."""
-
-    seed: int
-    step: int
-    global_rows: int
-    rows: slice  # this process's rows of the global batch
-    round: int = 0  # dynamic sampling's further rounds of the same step draw other noise
-
-    def gumbel(self, t: int, vocab: int, device) -> Tensor:
-        seed = self.seed * 1_000_003 + self.step * 10_007 + t + self.round * 999_999_937
-        generator = torch.Generator(device=device).manual_seed(seed)
-        uniform = torch.rand(self.global_rows, vocab, generator=generator, device=device)[self.rows]
-        return -torch.log(-torch.log(uniform.clamp(1e-12, 1 - 1e-7)))
+from stages.rl.noise import SamplingNoise
 
 
 @dataclass
@@ -45,6 +28,9 @@ class Rollout:
     response_mask: Tensor  # [B, R] float, 1 up to and including the stop token
     last_index: Tensor  # [B] index of each response's real last token
     ended: Tensor  # [B] whether the response produced a stop token
+    # [B, R] log-probability of each response token under the distribution the sampler drew it from (0 on
+    # padding): compared with the trainer's own recomputation to measure the sampler-trainer mismatch
+    sampler_logprobs: Tensor | None = None
 
     @property
     def sequence_ids(self) -> Tensor:
@@ -79,18 +65,19 @@ def sample(
     output = model(input_ids=query_ids, attention_mask=attention, position_ids=positions, use_cache=True)
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=query_ids.device)
-    tokens = []
+    tokens, sampler_logprobs = [], []
     for _ in range(max_new_tokens):
+        scaled = output.logits[:, -1].float() / temperature
+        logprobs = torch.log_softmax(scaled, dim=-1)
         if greedy:  # ReMax's baseline response
-            token = output.logits[:, -1].argmax(-1)
+            token = scaled.argmax(-1)
         elif noise is not None:  # Gumbel-max: the same distribution as multinomial sampling
-            logits = output.logits[:, -1].float() / temperature
-            token = (logits + noise.gumbel(len(tokens), logits.shape[-1], logits.device)).argmax(-1)
+            token = (scaled + noise.gumbel(len(tokens), *scaled.shape, scaled.device)).argmax(-1)
         else:
-            probs = torch.softmax(output.logits[:, -1].float() / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
+        sampler_logprobs.append(logprobs.gather(1, token[:, None]).squeeze(1))
         done |= torch.isin(token, stops)
         finished = bool(done.all())
         if distributed.all_true(finished) if synced else finished:
@@ -107,7 +94,8 @@ def sample(
     response = torch.stack(tokens, dim=1)
     mask, last_index, ended = response_mask(response, stop_token_ids)
     response = torch.where(mask.bool(), response, torch.full_like(response, pad_token_id))
-    return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended)
+    drawn_logprobs = torch.stack(sampler_logprobs, dim=1) * mask
+    return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, drawn_logprobs)
 
 
 def cache_of(output) -> dict:

@@ -23,6 +23,7 @@ from pipeline import distributed, diversity
 from pipeline.chat import render_prompt, use_template
 from pipeline.config import (
     LoraConfig,
+    RolloutConfig,
     StageConfig,
     check_at_least,
     check_choice,
@@ -46,7 +47,9 @@ from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
 from stages.rl.engine import ENGINES, make_engine
 from stages.rl.experience import Sampler, behaviour, build_models, greedy_baseline
+from stages.rl.generation import make_engine as make_rollout_engine
 from stages.rl.kl import AdaptiveKLController, FixedKLController
+from stages.rl.mismatch import mismatch_max, mismatch_metrics, mismatch_sums, truncated_is_weights
 from stages.rl.models import SharedValueHead, build_policy
 from stages.rl.rewards import RewardMix
 from stages.rl.rollout import (
@@ -74,6 +77,10 @@ class Config(StageConfig):
     shared_value_head: bool = False  # PPO: the value head on the policy's trunk instead of a second model
     # replicated: whole models on every process; fsdp2: every model sharded over the processes (engine.py)
     engine: str = "replicated"
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # the generation engine: hf | paged
+    # Truncated importance sampling: when the rollout engine is not the trainer's own forward (paged), each
+    # token's policy-gradient term is weighted by min(pi_trainer / pi_sampler, tis_cap). null: off.
+    tis_cap: float | None = 2.0
     prompts: str = ""  # {"prompt"} rows
     total_episodes: int = 1024  # sampled responses over the whole stage
     batch_size: int = 64  # prompts per rollout
@@ -168,6 +175,13 @@ class Config(StageConfig):
         check_positive(self, "overlong_buffer", "clip_range_low", "clip_range_high")
         check_choice(self, "algorithm", tuple(registry.known_algorithms()))
         check_choice(self, "engine", ENGINES)
+        check_at_least(self, 1.0, "tis_cap")
+        if self.rollout.engine != "hf" and self.engine != "replicated":
+            raise InvalidValue(
+                "rollout",
+                f"engine {self.rollout.engine!r} generates with a whole model: it needs engine: replicated "
+                f"(not {self.engine!r}); use rollout.engine: hf with a sharded engine.",
+            )
         algorithm = registry.get_algorithm(self.algorithm)
         self.resolve_algorithm_defaults(algorithm)
         if self.overlong_buffer is not None and self.overlong_buffer >= self.max_new_tokens:
@@ -313,6 +327,46 @@ def check_memory_plan(cfg: Config, models, engine, stage: str) -> None:
             raise UserError(f"Stage '{stage}': {problem}")
 
 
+def run_summary(history: list[dict]) -> dict[str, float]:
+    """The stage's final metrics on where time went (means over the steps) and on the sampler-trainer
+    mismatch (its largest step), from the rows that logged them (a history resumed from an older run may
+    have rows without)."""
+    summary: dict[str, float] = {}
+    for key in ("time/step_s", "time/generate_s", "time/score_s", "time/update_s"):
+        values = [row[key] for row in history if key in row]
+        if values:
+            summary[key] = sum(values) / len(values)
+    for key in ("generate_tokens_per_s", "generate_share"):
+        values = [row[key] for row in history if key in row]
+        if values:
+            summary[key] = sum(values) / len(values)
+    for key in ("mismatch/logprob_max", "mismatch/kl"):
+        values = [row[key] for row in history if key in row]
+        if values:
+            summary[f"{key}_max" if key == "mismatch/kl" else key] = max(values)
+    return summary
+
+
+def measured_by_clock(key: str) -> bool:
+    """History entries that depend on the machine's speed, not on the training (left out when two runs are
+    compared for equality)."""
+    return key == "elapsed_s" or key.startswith("time/") or key in ("generate_tokens_per_s", "generate_share")
+
+
+def step_timings(seconds: dict[str, float], step_seconds: float, generated_tokens: float) -> dict[str, float]:
+    """Where the step's time went, by the main process's clock: generating, scoring (reward sources, then
+    the no-grad passes for log-probabilities, values and the reference) and updating; the generated tokens
+    per second (all processes' tokens over this process's generation time) and generation's share."""
+    return {
+        "time/generate_s": seconds["generate"],
+        "time/score_s": seconds["score"],
+        "time/update_s": seconds["update"],
+        "time/step_s": step_seconds,
+        "generate_tokens_per_s": generated_tokens / max(seconds["generate"], 1e-9),
+        "generate_share": seconds["generate"] / max(step_seconds, 1e-9),
+    }
+
+
 def policy_prompts(rows: list[dict], tokenizer, rewards: RewardMix) -> list[str]:
     """The text the policy continues for each prompt row: a conversation rendered by the chat template with
     its generation prompt, whose messages the reward mix keeps for the reward functions."""
@@ -452,10 +506,12 @@ def run(ctx: StageContext) -> StageResult:
         total=steps,
         disable=not distributed.is_main(),
     )
+    rollout_engine = make_rollout_engine(cfg.rollout.engine)
     for step in progress:
         # 3. rollouts: this process's prompts, group_size samples each (groups never split across processes),
         #    scored by every reward source less the penalties; dynamic sampling may add rounds
-        sampler = Sampler(cfg, ctx.seed, step, models, prompt_ids, stop_ids, autocast)
+        step_started = time.perf_counter()
+        sampler = Sampler(cfg, ctx.seed, step, models, prompt_ids, stop_ids, autocast, rollout_engine)
         collected = collect(
             state.stream,
             tokenizer.pad_token_id,
@@ -470,7 +526,9 @@ def run(ctx: StageContext) -> StageResult:
         rollout.response_mask = rollout.response_mask * row_weight[:, None]
         mask = rollout.response_mask
 
-        # 4. the rollout under the policy that sampled it and under the reference: log-probs, values, KL
+        # 4. the rollout under the policy that sampled it and under the reference: log-probs, values, KL;
+        #    how far the sampler's log-probs are from the trainer's, and the importance weights correcting it
+        scoring_started = time.perf_counter()
         with autocast():
             old = behaviour(models, rollout, cfg, cfg.micro_batch_size or episodes_per_step)
             greedy_scores, greedy_kl = (
@@ -478,6 +536,16 @@ def run(ctx: StageContext) -> StageResult:
                 if cfg.baseline == "greedy"
                 else (None, None)
             )
+        mismatch = mismatch_metrics(
+            distributed.all_sum(mismatch_sums(old.logprobs, rollout.sampler_logprobs, mask)),
+            distributed.all_max(float(mismatch_max(old.logprobs, rollout.sampler_logprobs, mask))),
+        )
+        tis_weights = (
+            truncated_is_weights(old.logprobs, rollout.sampler_logprobs, mask, cfg.tis_cap)
+            if cfg.tis_cap is not None and not rollout_engine.exact
+            else None
+        )
+        sampler.seconds["score"] += time.perf_counter() - scoring_started
 
         # 5. advantages: the algorithm's estimator; the KL as a per-token penalty, or (kl_in_loss) a loss term
         kl_coef = state.kl.value  # the coefficient that shapes this step
@@ -501,9 +569,17 @@ def run(ctx: StageContext) -> StageResult:
         settings.kl_loss_coef = kl_coef if cfg.kl_is_loss else 0.0
         loss_mask = mask * rollout.ended[:, None] if cfg.mask_truncated else None
         batch = UpdateBatch(
-            rollout, old.logprobs, old.ref_logprobs, result.advantages, old.values, result.returns, loss_mask
+            rollout,
+            old.logprobs,
+            old.ref_logprobs,
+            result.advantages,
+            old.values,
+            result.returns,
+            loss_mask,
+            tis_weights,
         )
         local = collected.rows if row_weight.sum() > 0 else slice(0, 0)
+        update_started = time.perf_counter()
         with autocast():
             stats = update(
                 settings,
@@ -529,6 +605,7 @@ def run(ctx: StageContext) -> StageResult:
             row_weight,
         )
         state.kl.update(means["kl"], episodes_per_step)
+        seconds = {**sampler.seconds, "update": time.perf_counter() - update_started}
 
         # 7. log, snapshot and checkpoint (the main process writes; the others wait)
         completions = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
@@ -541,6 +618,10 @@ def run(ctx: StageContext) -> StageResult:
             "unique_fraction": unique_fraction(completions, row_weight),
             **collected.stats,  # dynamic sampling: groups without signal, rounds, groups dropped
             **stats,
+            **mismatch,
+            **step_timings(
+                seconds, time.perf_counter() - step_started, means["response_length"] * episodes_per_step
+            ),
         }
         state.step = step
         state.history.append(row)
@@ -580,6 +661,7 @@ def run(ctx: StageContext) -> StageResult:
         "reward_last": sum(r["reward"] for r in history[-window:]) / window,
         "kl_last": history[-1]["kl"],
         "episodes_per_second": steps * episodes_per_step / max(elapsed, 1e-9),
+        **run_summary(history),
     }
     accelerator.log({f"final/{key}": value for key, value in metrics.items()}, step=steps)
     accelerator.end_training()

@@ -29,6 +29,9 @@ class UpdateBatch:
     old_values: Tensor | None = None  # PPO's value head only
     returns: Tensor | None = None
     loss_mask: Tensor | None = None  # tokens in the loss; None: every response token (see mask_truncated)
+    # truncated importance-sampling weights on each token's policy-gradient term (stages/rl/mismatch.py);
+    # None: the sampler is the trainer
+    tis_weights: Tensor | None = None
 
     @property
     def mask(self) -> Tensor:
@@ -195,7 +198,8 @@ def minibatch_backward(
     terms = settings.policy_loss(
         logprobs, old_logprobs, batch.advantages[part], mask, settings.clip_low, settings.clip_high
     )
-    loss = aggregated(terms.per_token)
+    per_token = terms.per_token if batch.tis_weights is None else terms.per_token * batch.tis_weights[part]
+    loss = aggregated(per_token)
     stats = {
         "policy_loss": loss,
         "clip_fraction": token_mean(terms.clipped.float()),
