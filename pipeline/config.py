@@ -86,15 +86,16 @@ class LoraConfig:
             )
 
 
-ROLLOUT_ENGINES = ("hf", "paged")  # stages/rl/generation.py
+ROLLOUT_ENGINES = ("hf", "compiled", "paged")  # stages/rl/generation.py
 
 
 @dataclass
 class RolloutConfig:
     """How responses are generated, in the RL stage and in the evaluation (stages/rl/generation.py)."""
 
-    # hf: our exact loop over the KV cache (the default; 1 and N processes sample alike); paged: transformers'
-    # continuous batching, a GPU engine (slow on CPU at small sizes, docs/benchmarks.md)
+    # hf: our exact loop over the KV cache (the default; 1 and N processes sample alike); compiled: that loop
+    # over a static cache with a torch.compile'd decode step; paged: transformers' continuous batching
+    # (docs/design.md "Rollout engines", docs/benchmarks.md)
     engine: str = "hf"
 
     def __post_init__(self) -> None:

@@ -88,9 +88,9 @@ def sample_policy(
         policy = load_model("AutoModelForCausalLM", source).to(device).eval()
     comparable = reference.compatible(tokenizer)
     generator = torch.Generator(device=device).manual_seed(seed)
-    engine = make_engine(cfg.rollout.engine)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     encoded = tokenizer(repeated, add_special_tokens=False)["input_ids"]
+    engine = make_engine(cfg.rollout.engine, max(map(len, encoded), default=None))
     out = PolicySamples([], [], [] if comparable else None, [] if comparable else None)
     for start in tqdm(range(0, len(repeated), cfg.batch_size), desc=desc, leave=False):
         batch = encoded[start : start + cfg.batch_size]

@@ -49,7 +49,10 @@ def generate(
         noise=SamplingNoise(seed=1, step=1, first_row=0),
         seed=3,
     )
-    return make_engine(engine).generate(model, ids, mask, request)
+    return ENGINE_INSTANCES.setdefault(engine, make_engine(engine)).generate(model, ids, mask, request)
+
+
+ENGINE_INSTANCES: dict = {}  # one per engine: the compiled engine's traced decode steps are kept
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
@@ -62,6 +65,25 @@ def test_every_engine_gives_the_greedy_tokens_of_hf(policy, engine):
     assert torch.equal(rollout.ended, reference.ended) and torch.equal(
         rollout.last_index, reference.last_index
     )
+
+
+def test_the_compiled_engine_follows_the_weights_as_they_change(policy):
+    """The compiled decode step reads the parameters, not a copy taken when it was traced: after an update
+    (one that changes the greedy tokens) it still gives hf's greedy tokens."""
+    _, model = policy
+    before = generate(policy, "compiled", PROMPTS, greedy=True).response_ids  # traced with these weights
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        after = generate(policy, "hf", PROMPTS, greedy=True).response_ids
+        assert not torch.equal(after, before)
+        assert torch.equal(generate(policy, "compiled", PROMPTS, greedy=True).response_ids, after)
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(saved[name])
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
@@ -146,7 +168,8 @@ def run_rl(tiny_run, tmp_path, **overrides) -> list[dict]:
 def test_the_rl_stage_reports_mismatch_and_timings_every_step(tiny_run, tmp_path):
     hf = run_rl(tiny_run, tmp_path / "hf")
     paged = run_rl(tiny_run, tmp_path / "paged", rollout={"engine": "paged"})
-    for history in (hf, paged):
+    compiled = run_rl(tiny_run, tmp_path / "compiled", rollout={"engine": "compiled"})
+    for history in (hf, paged, compiled):
         assert len(history) == 2
         for row in history:
             assert 0 <= row["mismatch/logprob_mean"] <= row["mismatch/logprob_max"] < LOGPROB_TOLERANCE

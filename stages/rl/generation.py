@@ -8,6 +8,10 @@ the sampler is from the trainer (stages/rl/mismatch.py), and truncated importanc
 
 - `hf`: our loop over the KV cache (stages/rl/rollout.py `sample`). Exact: it samples from the trainer's own
   forward, with counter-based noise, so 1 and N processes draw the same tokens. The default.
+- `compiled`: the `hf` loop over a static KV cache with a compiled decode step (stages/rl/compiled.py).
+  Exact up to float rounding; one compile per batch shape (prompts are left-padded to
+  `max_prompt_length` so that the RL stage's batches share one), then no per-token Python or launch
+  overhead to speak of.
 - `paged`: transformers' continuous batching (`generate_batch`: paged KV cache, a scheduler that refills
   finished rows with waiting prompts). No extra dependency. Its per-step scheduling costs dominate at small
   sizes (a CPU engine it is not, see docs/benchmarks.md); it draws with its own seeded RNG, so its samples
@@ -26,6 +30,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from stages.rl.compiled import CompiledEngine
 from stages.rl.masking import response_mask
 from stages.rl.noise import SamplingNoise
 from stages.rl.rollout import Rollout, sample
@@ -154,8 +159,9 @@ def rollout_from_lists(
     return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, drawn * mask)
 
 
-ENGINES: dict[str, type] = {"hf": HFEngine, "paged": PagedEngine}
+ENGINES: dict[str, type] = {"hf": HFEngine, "compiled": CompiledEngine, "paged": PagedEngine}
 
 
-def make_engine(name: str) -> RolloutEngine:
-    return ENGINES[name]()
+def make_engine(name: str, prompt_width: int | None = None) -> RolloutEngine:
+    """`prompt_width`: the widest prompt the engine will see (the compiled engine pads every batch to it)."""
+    return CompiledEngine(prompt_width) if name == "compiled" else ENGINES[name]()

@@ -506,7 +506,7 @@ def run(ctx: StageContext) -> StageResult:
         total=steps,
         disable=not distributed.is_main(),
     )
-    rollout_engine = make_rollout_engine(cfg.rollout.engine)
+    rollout_engine = make_rollout_engine(cfg.rollout.engine, cfg.max_prompt_length)
     for step in progress:
         # 3. rollouts: this process's prompts, group_size samples each (groups never split across processes),
         #    scored by every reward source less the penalties; dynamic sampling may add rounds
