@@ -236,7 +236,8 @@ def warnings_intro(metrics: dict) -> str:
     if not metrics.get("warnings"):
         return (
             f"No training-health or over-optimisation warnings{checked} (KL, entropy, response collapse, "
-            "empty responses, flat rewards, value loss; proxy vs gold across snapshots)."
+            "empty responses, flat rewards, value loss, sampler-trainer mismatch; proxy vs gold across "
+            "snapshots)."
         )
     return f"{len(metrics['warnings'])} warning(s){checked}, each from the step at which it began:"
 

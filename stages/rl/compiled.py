@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.models import position_ids_from_mask
+from pipeline.models import position_ids_from_mask, without_peft_wrapper
 from stages.rl.masking import response_mask
 from stages.rl.rollout import Rollout
 
@@ -46,11 +46,12 @@ class CompiledEngine:
         attention = torch.zeros(batch, total, dtype=torch.long, device=device)
         attention[:, :width] = query_mask.long()
         positions = position_ids_from_mask(attention[:, :width])
+        cache_argument = cache_keyword(model)
         output = model(
             input_ids=query_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
+            **{cache_argument: cache},
             cache_position=torch.arange(width, device=device),
             use_cache=True,
         )
@@ -81,7 +82,7 @@ class CompiledEngine:
                 input_ids=token[:, None],
                 attention_mask=attention,
                 position_ids=next_position,
-                past_key_values=cache,
+                **{cache_argument: cache},
                 cache_position=torch.tensor([width + t], device=device),
                 use_cache=True,
             ).logits[:, -1]
@@ -91,6 +92,15 @@ class CompiledEngine:
         response = torch.where(mask.bool(), response, torch.full_like(response, request.pad_token_id))
         sampler_logprobs = torch.stack(drawn, dim=1) * mask
         return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, sampler_logprobs)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward's name for the KV cache: `cache` in recent transformers (`past_key_values` deprecated),
+    `past_key_values` before."""
+    import inspect
+
+    forward = without_peft_wrapper(model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def pad_left(ids: Tensor, mask: Tensor, width: int | None, pad_id: int) -> tuple[Tensor, Tensor]:
