@@ -9,16 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.config import ResolvedConfig, load_config
 from pipeline.errors import ConfigError
-from pipeline.rundir import atomic_write_json, atomic_write_text
 
 RL_KINDS = ("rl", "ppo")
 
 
 def choices() -> list[str]:
     """Every registered RL algorithm, and DPO."""
-    from stages.rl.registry import known_algorithms
+    from stages.rl.algorithms import known_algorithms
 
     return [*known_algorithms(), "dpo"]
 

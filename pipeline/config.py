@@ -326,10 +326,10 @@ class EvaluationConfig:
     distinct_n: int = 2  # report distinct-1 .. distinct-n of each policy's samples
     n_examples: int = 6  # prompts whose completions the report shows side by side
     evaluate_best_checkpoint: bool = True  # also sample the candidate's best snapshot by gold (if kept)
-    health: dict[str, float] = field(default_factory=dict)  # training-health thresholds (pipeline/health.py)
+    health: dict[str, float] = field(default_factory=dict)  # training-health thresholds (stages/rl/health.py)
 
     def __post_init__(self) -> None:
-        from pipeline.health import thresholds
+        from stages.rl.health import thresholds
 
         check_positive(
             self,

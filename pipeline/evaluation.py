@@ -15,21 +15,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.chat import display, render_prompt, reward_inputs, use_template
 from pipeline.config import EvaluationConfig
 from pipeline.data import PROMPT_ONLY, load_rows
 from pipeline.diversity import distinct_n, unique_fraction
-from pipeline.health import (
+from pipeline.log import log
+from pipeline.models import load_model, load_tokenizer
+from pipeline.stats import bootstrap_mean, bootstrap_ratio, paired_bootstrap_difference, win_rate
+from stages.rl.health import (
     best_snapshot,
     overoptimization_warning,
     snapshot_kl_warning,
     thresholds,
     training_warnings,
 )
-from pipeline.log import log
-from pipeline.models import load_model, load_tokenizer
-from pipeline.rundir import atomic_write_json, atomic_write_text
-from pipeline.stats import bootstrap_mean, bootstrap_ratio, paired_bootstrap_difference, win_rate
 
 GOLD, PROXY = "gold", "reward_model"
 
@@ -157,7 +157,7 @@ def evaluate(
 
     `history` and `snapshots` are the candidate RL stage's `history.json` and `snapshots.json`.
     """
-    from pipeline.report import write_report
+    from pipeline.report_writer import write_report
 
     history, snapshots = history or [], snapshots or []
     seed = cfg.seed if cfg.seed is not None else seed

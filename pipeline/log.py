@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-
-def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+from pipeline.distributed import is_main
 
 
 def log(message: str) -> None:
-    if is_main_process():
+    if is_main():
         print(message, file=sys.stderr, flush=True)

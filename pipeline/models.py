@@ -277,7 +277,7 @@ def is_peft(model: torch.nn.Module) -> bool:
 
 def without_peft_wrapper(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a peft wrapper (its adapters sit in its layers, so they still run)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return model.get_base_model() if is_peft(model) else model
 
 
 def backbone(model: torch.nn.Module) -> torch.nn.Module:

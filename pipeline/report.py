@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -454,7 +453,7 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def figure_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -523,7 +522,7 @@ def plot_training_curves(
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_png(figure))
+    path.write_bytes(figure_png(figure))
     return path
 
 
@@ -640,52 +639,3 @@ def frontier_figure(metrics: dict) -> Figure | None:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    # A reader (or a crash) never sees a half-written report.
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def write_report(
-    eval_dir: Path,
-    metrics: dict,
-    samples: list[dict],
-    history: list[dict],
-    snapshots: list[dict] | None = None,
-    n_examples: int = 6,
-) -> Path:
-    """Writes eval_dir/report.md and report.html, plus a PNG per plot there is data for; returns report.md.
-
-    `snapshots` defaults to `metrics["snapshots"]`.
-    """
-    from pipeline.html_report import render_html
-
-    eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    snapshots = metrics.get("snapshots") if snapshots is None else snapshots
-    warnings = metrics.get("warnings") or []
-    figures = {
-        PLOT_FILE: ("training curves", training_curves_figure(history, snapshots, warnings)),
-        HEALTH_PLOT_FILE: ("training health", training_health_figure(history, warnings)),
-        FRONTIER_PLOT_FILE: ("reward-KL frontier", frontier_figure({**metrics, "snapshots": snapshots})),
-    }
-    images: dict[str, tuple[str, bytes]] = {}
-    for file, (title, figure) in figures.items():
-        if figure is None:
-            # A plot left by an earlier run would describe a different training run.
-            (eval_dir / file).unlink(missing_ok=True)
-            continue
-        images[file] = (title, _png(figure))
-        (eval_dir / file).write_bytes(images[file][1])
-    plots = {title: file for file, (title, _) in images.items() if file != PLOT_FILE}
-    markdown = render_markdown(
-        metrics, samples, PLOT_FILE if PLOT_FILE in images else None, n_examples, plots
-    )
-    report_path = eval_dir / REPORT_FILE
-    _write_text_atomic(report_path, markdown)
-    html = render_html(metrics, samples, list(images.values()), n_examples)
-    _write_text_atomic(eval_dir / HTML_FILE, html)
-    return report_path

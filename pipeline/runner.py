@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import distributed
+from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.config import ResolvedConfig, stage_inputs
 from pipeline.config_schema import suggest, to_dict
 from pipeline.errors import ConfigError, UserError
 from pipeline.log import log
 from pipeline.memory import PeakMemory
-from pipeline.rundir import CONFIG, EVAL_DIR, RunDir, atomic_write_json, atomic_write_text
+from pipeline.rundir import CONFIG, EVAL_DIR, RunDir
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 

@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from pipeline import distributed
+from pipeline.atomic import atomic_write_json
 from pipeline.chat import conversation_ids, use_template
 from pipeline.checkpoints import INDEX, latest_valid, step_of, write_index
 from pipeline.config import LoraConfig, TrainingConfig
@@ -21,7 +22,6 @@ from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
-from pipeline.rundir import atomic_write_json
 from stages.base import StageContext
 from stages.outputs import local_numel, logs_dir, save_sharded, save_with_adapter, unsharded_like
 from stages.tracking import log_run_files, run_files, set_locations, start_mlflow_run

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.health import (
+from stages.rl.health import (
     HealthMonitor,
     HealthWarning,
     best_snapshot,
@@ -186,7 +186,7 @@ def test_no_overoptimization_while_gold_keeps_up():
 def test_a_snapshot_far_from_the_reference_is_reported_though_training_looked_calm():
     """The demo at lr 1e-3 once ended so: training KL about 4 on every logged step, and the last update threw
     the policy to KL 102 on the held-out prompts (the step-32 snapshot)."""
-    from pipeline.health import snapshot_kl_warning
+    from stages.rl.health import snapshot_kl_warning
 
     snapshots = [{"step": s, "kl": kl} for s, kl in ((0, 0.0), (8, 4.6), (16, 5.8), (24, 4.0), (32, 102.4))]
     warning = snapshot_kl_warning(snapshots)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import format_table, format_warnings, plot_training_curves, render_markdown, write_report
+from pipeline.report import format_table, format_warnings, plot_training_curves, render_markdown
+from pipeline.report_writer import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

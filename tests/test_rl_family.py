@@ -184,8 +184,8 @@ def test_dapo_overlong_penalty_grows_over_the_buffer():
 
 
 def test_every_algorithm_names_registered_parts():
-    for name in registry.known_algorithms():
-        algorithm = registry.get_algorithm(name)
+    for name in algorithms.known_algorithms():
+        algorithm = algorithms.get_algorithm(name)
         assert algorithm.advantage in registry.ADVANTAGE_ESTIMATORS
         assert algorithm.policy_loss in registry.POLICY_LOSSES
         assert algorithm.aggregation in registry.AGGREGATIONS

@@ -17,19 +17,25 @@ batch (whitening, batch means) are taken over every process's rows: `reduce` sum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pipeline import distributed
+from pipeline.config_schema import suggest
+from pipeline.errors import ConfigError
 from stages.rl import advantages as adv
 from stages.rl.losses import clipped_importance_weight, ppo_clip, sequence_clip  # noqa: F401 (registers)
 from stages.rl.masking import place_sequence_reward
 from stages.rl.registry import (
     ADVANTAGE_ESTIMATORS,
+    ALGORITHMS,
+    POLICY_LOSSES,
     Advantages,
     Algorithm,
+    PolicyLossTerms,
     register_advantage,
     register_algorithm,
 )
@@ -219,3 +225,29 @@ register_algorithm(
         needs_groups=True,
     )
 )
+
+
+# ---------------------------------------------------------------- lookup (the built-ins above registered)
+
+
+def known_algorithms() -> list[str]:
+    """Every registered algorithm: the built-in ones (this module) and any registered since."""
+    return list(ALGORITHMS)
+
+
+def get_algorithm(name: str) -> Algorithm:
+    known = known_algorithms()
+    if name not in ALGORITHMS:
+        raise ConfigError(
+            f"Unknown RL algorithm '{name}'.{suggest(name, known)} Known algorithms: {', '.join(known)}."
+        )
+    return ALGORITHMS[name]
+
+
+def get_policy_loss(name: str) -> Callable[..., PolicyLossTerms]:
+    if name not in POLICY_LOSSES:
+        raise ConfigError(
+            f"Unknown policy loss '{name}'.{suggest(name, list(POLICY_LOSSES))} "
+            f"Known policy losses: {', '.join(POLICY_LOSSES)}."
+        )
+    return POLICY_LOSSES[name]

@@ -17,7 +17,7 @@ from pipeline import distributed
 from pipeline.errors import ConfigError
 from pipeline.faults import crash_point
 from pipeline.models import token_scores
-from stages.rl import registry
+from stages.rl import algorithms
 from stages.rl.generation import GenerationRequest, RolloutEngine
 from stages.rl.kl import masked_kl
 from stages.rl.models import (
@@ -74,7 +74,7 @@ def build_models(cfg, inputs: dict[str, str], tokenizer, device) -> RLModels:
         cfg.trust_remote_code,
     )
     value_model = None
-    has_value_model = registry.get_algorithm(cfg.algorithm).value_model
+    has_value_model = algorithms.get_algorithm(cfg.algorithm).value_model
     if has_value_model and cfg.shared_value_head:
         value_model = SharedValueHead(backbone_and_lm_head(policy)[1].in_features).to(device)
     elif has_value_model:

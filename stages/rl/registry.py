@@ -20,9 +20,6 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from pipeline.config_schema import suggest
-from pipeline.errors import ConfigError
-
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
@@ -93,28 +90,3 @@ def register_algorithm(algorithm: Algorithm) -> Algorithm:
         raise ValueError(f"algorithm {algorithm.name!r}: aggregation must be one of {AGGREGATIONS}")
     ALGORITHMS[algorithm.name] = algorithm
     return algorithm
-
-
-def known_algorithms() -> list[str]:
-    import stages.rl.algorithms  # noqa: F401  (registers the built-in ones)
-
-    return list(ALGORITHMS)
-
-
-def get_algorithm(name: str) -> Algorithm:
-    known = known_algorithms()
-    if name not in ALGORITHMS:
-        raise ConfigError(
-            f"Unknown RL algorithm '{name}'.{suggest(name, known)} Known algorithms: {', '.join(known)}."
-        )
-    return ALGORITHMS[name]
-
-
-def get_policy_loss(name: str) -> Callable[..., PolicyLossTerms]:
-    known_algorithms()
-    if name not in POLICY_LOSSES:
-        raise ConfigError(
-            f"Unknown policy loss '{name}'.{suggest(name, list(POLICY_LOSSES))} "
-            f"Known policy losses: {', '.join(POLICY_LOSSES)}."
-        )
-    return POLICY_LOSSES[name]

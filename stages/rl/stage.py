@@ -35,7 +35,6 @@ from pipeline.config import (
 from pipeline.config_schema import InvalidValue, to_dict
 from pipeline.data import PROMPT_ONLY, is_conversational, load_rows
 from pipeline.errors import ConfigError, UserError
-from pipeline.health import HealthMonitor
 from pipeline.log import log
 from pipeline.models import load_tokenizer
 from reward_models.functions import load_reward_function
@@ -48,6 +47,7 @@ from stages.rl.collect import PromptStream, collect
 from stages.rl.engine import ENGINES, make_engine
 from stages.rl.experience import Sampler, behaviour, build_models, greedy_baseline
 from stages.rl.generation import make_engine as make_rollout_engine
+from stages.rl.health import HealthMonitor
 from stages.rl.kl import AdaptiveKLController, FixedKLController
 from stages.rl.mismatch import mismatch_max, mismatch_metrics, mismatch_sums, truncated_is_weights
 from stages.rl.models import SharedValueHead, build_policy
@@ -173,7 +173,7 @@ class Config(StageConfig):
         check_range(self, "checkpoint_overhead", 0.0, 1.0, low_open=True)
         check_at_least(self, 0.0, "kl_coef", "vf_coef", "overlong_penalty", "max_sampling_rounds")
         check_positive(self, "overlong_buffer", "clip_range_low", "clip_range_high")
-        check_choice(self, "algorithm", tuple(registry.known_algorithms()))
+        check_choice(self, "algorithm", tuple(algorithms.known_algorithms()))
         check_choice(self, "engine", ENGINES)
         check_at_least(self, 1.0, "tis_cap")
         if self.rollout.engine != "hf" and self.engine != "replicated":
@@ -182,7 +182,7 @@ class Config(StageConfig):
                 f"engine {self.rollout.engine!r} generates with a whole model: it needs engine: replicated "
                 f"(not {self.engine!r}); use rollout.engine: hf with a sharded engine.",
             )
-        algorithm = registry.get_algorithm(self.algorithm)
+        algorithm = algorithms.get_algorithm(self.algorithm)
         self.resolve_algorithm_defaults(algorithm)
         if self.overlong_buffer is not None and self.overlong_buffer >= self.max_new_tokens:
             raise InvalidValue(
@@ -380,7 +380,8 @@ def global_row_stats(values: dict[str, torch.Tensor], weight: torch.Tensor) -> d
     return {key: algorithms.global_mean(value.float().cpu(), weight) for key, value in values.items()}
 
 
-def unique_fraction(completions: list[str], weight: torch.Tensor) -> float:
+def unique_fraction_over_processes(completions: list[str], weight: torch.Tensor) -> float:
+    """Distinct completions / completions of the whole batch (every process's rows of weight > 0)."""
     mine = [c for c, w in zip(completions, weight.tolist()) if w > 0]
     everyone = [mine]
     if distributed.active():
@@ -405,7 +406,7 @@ def update_settings(cfg: Config) -> UpdateSettings:
         epochs=cfg.ppo_epochs,
         minibatch_size=cfg.minibatch_size,
         micro_batch_size=cfg.micro_batch_size,
-        policy_loss=registry.get_policy_loss(cfg.policy_loss),
+        policy_loss=algorithms.get_policy_loss(cfg.policy_loss),
         aggregation=cfg.loss_aggregation,
         clip_low=cfg.clip_range_low,
         clip_high=cfg.clip_range_high,
@@ -478,7 +479,7 @@ def run(ctx: StageContext) -> StageResult:
     prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
     params = [p for m in models.trained.values() for p in m.parameters() if p.requires_grad]
     optimizer = engine.optimizer(params, cfg.lr, device)
-    algorithm, settings = registry.get_algorithm(cfg.algorithm), update_settings(cfg)
+    algorithm, settings = algorithms.get_algorithm(cfg.algorithm), update_settings(cfg)
     settings.sync_gradients, settings.equal_micro_batches = engine.sync_gradients, engine.sharded
 
     # 2. the run's state: fresh, or restored as one from the newest verified checkpoint of an interrupted run
@@ -615,7 +616,7 @@ def run(ctx: StageContext) -> StageResult:
             **means,
             "kl_coef": kl_coef,
             "elapsed_s": time.time() - started,
-            "unique_fraction": unique_fraction(completions, row_weight),
+            "unique_fraction": unique_fraction_over_processes(completions, row_weight),
             **collected.stats,  # dynamic sampling: groups without signal, rounds, groups dropped
             **stats,
             **mismatch,
