@@ -1,13 +1,15 @@
 """Training stages, one module per stage; this registry maps a stage kind to its module.
 
-A stage module defines `Config` (a dataclass, its input fields marked with `pipeline.config.input_field`)
-and `run(ctx: StageContext) -> StageResult`. A new stage is a new module plus one line here.
+A stage module follows `stages.base.StageModule`: a typed `Config` and `run(ctx) -> StageResult` (and
+optionally `check(config)`). A new stage kind is a new module plus one line here.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
+from stages.base import StageModule
 
 _MODULES = {
     "pretrain": "stages.pretrain",
@@ -24,8 +26,9 @@ def known_kinds() -> list[str]:
     return list(_MODULES)
 
 
-def stage_module(kind: str) -> ModuleType:
-    return importlib.import_module(_MODULES[kind])
+def stage_module(kind: str) -> StageModule:
+    module: ModuleType = importlib.import_module(_MODULES[kind])
+    return module  # type: ignore[return-value]  # checked by tests/test_config.py
 
 
 def config_class(kind: str) -> type:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -22,3 +22,18 @@ class StageContext:
 class StageResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)  # per-step training log (RL curves)
+
+
+class StageModule(Protocol):
+    """What a stage kind is: a module (registered by one line in stages/__init__.py) with
+
+    - `Config`: its typed config, a dataclass deriving from `pipeline.config.StageConfig`, named for its
+      stage (`SFTStageConfig`, `RLStageConfig`, ...); the input fields (checkpoints it starts from) are
+      marked with `pipeline.config.input_field`, and every value is checked when the config loads;
+    - `run(ctx) -> StageResult`: trains, writes the output into `ctx.out_dir` and returns its metrics;
+    - optionally `check(config)`: validates its data sources before any stage of the run trains.
+    """
+
+    Config: type
+
+    def run(self, ctx: StageContext) -> StageResult: ...

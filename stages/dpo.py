@@ -30,7 +30,7 @@ from stages.hf_trainer import (
 
 
 @dataclass
-class Config(TrainingConfig):
+class DPOStageConfig(TrainingConfig):
     init_from: str = input_field("sft")  # the starting policy, which is also the frozen reference
     data: str = ""
     beta: float = 0.1  # strength of the implicit KL pull towards the reference
@@ -62,6 +62,9 @@ LOSS_TYPES = (
     "sft",
     "sigmoid_norm",
 )
+
+
+Config = DPOStageConfig  # the stage registry's handle (stages/__init__.py)
 
 
 def sequence_logprobs(
@@ -138,7 +141,7 @@ def preference_accuracy(margins: torch.Tensor) -> float:
     return ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item()
 
 
-def check(cfg: Config) -> None:
+def check(cfg: DPOStageConfig) -> None:
     """Validate the data up front, before any stage of the run trains."""
     check_sources(cfg.data, cfg.eval_data, PREFERENCE, "preference data")
 
@@ -147,7 +150,7 @@ def run(ctx: StageContext) -> StageResult:
     import datasets
     from trl import DPOConfig, DPOTrainer
 
-    cfg: Config = ctx.config
+    cfg: DPOStageConfig = ctx.config
     train_rows, eval_rows, tokenizer, model = rows_tokenizer_and_model(
         cfg, ctx, PREFERENCE, "preference data", "AutoModelForCausalLM"
     )

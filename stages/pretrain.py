@@ -54,7 +54,7 @@ MIN_BLOCK_SIZE = {"clm": 2, "seq2seq": 2, "mlm": 3, "nsp": 5}
 
 
 @dataclass
-class Config(TrainingConfig):
+class PretrainStageConfig(TrainingConfig):
     init_from: str | None = input_field(None)  # None: build `model` from scratch
     model: ModelConfig = field(default_factory=ModelConfig)
     data: str = ""  # {"text"} rows; for nsp, in document order
@@ -93,6 +93,9 @@ class Config(TrainingConfig):
             raise InvalidValue("mean_span_length", f"must be >= 1, got {self.mean_span_length}.")
 
 
+Config = PretrainStageConfig  # the stage registry's handle (stages/__init__.py)
+
+
 @dataclass
 class Objective:
     """What one objective hands the shared training loop."""
@@ -106,7 +109,7 @@ class Objective:
     keep_columns: bool = False  # the collator needs columns the model's forward does not take
 
 
-def check(cfg: Config) -> None:
+def check(cfg: PretrainStageConfig) -> None:
     """Validate the data up front, before any stage of the run trains."""
     check_sources(cfg.data, cfg.eval_data, TEXT, "pretraining data")
 
@@ -122,7 +125,7 @@ def pack(texts: list[str], tokenizer, block_size: int) -> list[dict[str, list[in
     return [{"input_ids": stream[i * block_size : (i + 1) * block_size]} for i in range(n_blocks)]
 
 
-def tokenizer_for(cfg: Config, ctx: StageContext, texts: list[str], train_new):
+def tokenizer_for(cfg: PretrainStageConfig, ctx: StageContext, texts: list[str], train_new):
     """The checkpoint's tokenizer, model.tokenizer, or one trained on the corpus by `train_new` (with
     `model.special_tokens` added); with the stage's `chat_template` if set, saved along with it."""
     source = ctx.inputs.get("init_from") or cfg.model.tokenizer
@@ -138,7 +141,7 @@ def tokenizer_for(cfg: Config, ctx: StageContext, texts: list[str], train_new):
     return tokenizer
 
 
-def model_for(cfg: Config, ctx: StageContext, auto_class: str, build):
+def model_for(cfg: PretrainStageConfig, ctx: StageContext, auto_class: str, build):
     source = ctx.inputs.get("init_from")
     if source:
         return load_model(auto_class, source, cfg.trust_remote_code, cfg.dtype)
@@ -146,7 +149,9 @@ def model_for(cfg: Config, ctx: StageContext, auto_class: str, build):
 
 
 # ---------------------------------------------------------------- one builder per objective
-def causal_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts: list[str]) -> Objective:
+def causal_lm(
+    cfg: PretrainStageConfig, ctx: StageContext, train_texts: list[str], eval_texts: list[str]
+) -> Objective:
     from transformers import DataCollatorForLanguageModeling
 
     tokenizer = tokenizer_for(cfg, ctx, train_texts, train_bpe_tokenizer)
@@ -160,7 +165,9 @@ def causal_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts
     )
 
 
-def masked_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts: list[str]) -> Objective:
+def masked_lm(
+    cfg: PretrainStageConfig, ctx: StageContext, train_texts: list[str], eval_texts: list[str]
+) -> Objective:
     tokenizer = tokenizer_for(cfg, ctx, train_texts, train_encoder_tokenizer)
     if tokenizer.mask_token_id is None:
         raise ConfigError(f"Stage '{ctx.name}': the tokenizer has no mask token, which objective mlm needs.")
@@ -181,7 +188,7 @@ def masked_lm(cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts
 
 
 def span_corruption_lm(
-    cfg: Config, ctx: StageContext, train_texts: list[str], eval_texts: list[str]
+    cfg: PretrainStageConfig, ctx: StageContext, train_texts: list[str], eval_texts: list[str]
 ) -> Objective:
     _, n_spans = noise_counts(cfg.block_size, cfg.noise_density, cfg.mean_span_length)
 
@@ -220,7 +227,7 @@ def run(ctx: StageContext) -> StageResult:
     import datasets
     from transformers import Trainer, TrainingArguments
 
-    cfg: Config = ctx.config
+    cfg: PretrainStageConfig = ctx.config
     train_rows, eval_rows = train_and_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, TEXT, ctx.seed, "pretraining data"
     )

@@ -27,7 +27,7 @@ from stages.hf_trainer import (
 
 
 @dataclass
-class Config(TrainingConfig):
+class RewardStageConfig(TrainingConfig):
     init_from: str = input_field("sft")  # backbone: by default the SFT policy
     data: str = ""
     max_length: int = 128
@@ -41,6 +41,9 @@ class Config(TrainingConfig):
         check_at_least(self, 0, "center_rewards_coefficient")
 
 
+Config = RewardStageConfig  # the stage registry's handle (stages/__init__.py)
+
+
 def pairwise_accuracy(scorer: LearnedRewardModel, rows: list[dict]) -> float:
     prompts = [r["prompt"] for r in rows]
     chosen = scorer.score_texts(prompts, [r["chosen"] for r in rows])
@@ -48,7 +51,7 @@ def pairwise_accuracy(scorer: LearnedRewardModel, rows: list[dict]) -> float:
     return (chosen > rejected).float().mean().item()
 
 
-def check(cfg: Config) -> None:
+def check(cfg: RewardStageConfig) -> None:
     """Validate the data up front, before any stage of the run trains."""
     check_sources(cfg.data, cfg.eval_data, PREFERENCE, "preference data")
 
@@ -57,7 +60,7 @@ def run(ctx: StageContext) -> StageResult:
     import datasets
     from trl import RewardConfig, RewardTrainer
 
-    cfg: Config = ctx.config
+    cfg: RewardStageConfig = ctx.config
     train_rows, eval_rows, tokenizer, model = rows_tokenizer_and_model(
         cfg, ctx, PREFERENCE, "preference data", "AutoModelForSequenceClassification", num_labels=1
     )

@@ -25,7 +25,7 @@ from stages.hf_trainer import (
 
 
 @dataclass
-class Config(TrainingConfig):
+class SFTStageConfig(TrainingConfig):
     init_from: str = input_field("pretrain")  # stage name, path or hub id of a causal LM
     data: str = ""
     max_length: int = 128
@@ -37,7 +37,10 @@ class Config(TrainingConfig):
         check_positive(self, "max_length")
 
 
-def check(cfg: Config) -> None:
+Config = SFTStageConfig  # the stage registry's handle (stages/__init__.py)
+
+
+def check(cfg: SFTStageConfig) -> None:
     """Validate the data up front, before any stage of the run trains."""
     check_sources(cfg.data, cfg.eval_data, PROMPT_COMPLETION, "SFT data")
 
@@ -59,7 +62,7 @@ def run(ctx: StageContext) -> StageResult:
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    cfg: Config = ctx.config
+    cfg: SFTStageConfig = ctx.config
     train_rows, eval_rows, tokenizer, model = rows_tokenizer_and_model(
         cfg, ctx, PROMPT_COMPLETION, "SFT data", "AutoModelForCausalLM"
     )

@@ -59,7 +59,7 @@ SCRATCH_FAMILY = {"classification": "bert", "token_classification": "bert", "seq
 
 
 @dataclass
-class Config(TrainingConfig):
+class TaskStageConfig(TrainingConfig):
     init_from: str | None = input_field(None)  # a checkpoint (e.g. a pretrain stage); None: build `model`
     model: ModelConfig = field(default_factory=lambda: ModelConfig(family="bert"))
     task: Literal["classification", "token_classification", "seq2seq"] = "classification"
@@ -87,7 +87,10 @@ class Config(TrainingConfig):
             )
 
 
-def check(cfg: Config) -> None:
+Config = TaskStageConfig  # the stage registry's handle (stages/__init__.py)
+
+
+def check(cfg: TaskStageConfig) -> None:
     """Validate the data up front, before any stage of the run trains."""
     for source in (cfg.data, cfg.eval_data):
         if source:
@@ -118,7 +121,7 @@ def word_starts(words: list[str]) -> list[int]:
     return starts
 
 
-def encode(rows: list[dict], tokenizer, cfg: Config, names: list) -> list[dict]:
+def encode(rows: list[dict], tokenizer, cfg: TaskStageConfig, names: list) -> list[dict]:
     """Model inputs with `labels`: a class id; a tag id at the first sub-token of each word (IGNORE elsewhere,
     `first_tokens` keeps the word -> token index); or the target's token ids."""
     ids = {name: i for i, name in enumerate(names)}
@@ -166,7 +169,9 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- predicting and scoring
 @torch.no_grad()
-def predict(model, tokenizer, items: list[dict], cfg: Config, names: list, batch_size: int = 64) -> list:
+def predict(
+    model, tokenizer, items: list[dict], cfg: TaskStageConfig, names: list, batch_size: int = 64
+) -> list:
     """Predicted class per row, tag list per row (words without a token get "O"), or generated text."""
     model.eval()
     device = next(model.parameters()).device
@@ -220,7 +225,7 @@ def training_texts(rows: list[dict], task: str) -> list[str]:
     return [r[column] for r in rows for column in ("source", "target")]
 
 
-def build(cfg: Config, ctx: StageContext, train_rows: list[dict], names: list):
+def build(cfg: TaskStageConfig, ctx: StageContext, train_rows: list[dict], names: list):
     """(tokenizer, model): from init_from, or from `model` with a tokenizer trained on the training text."""
     id2label = dict(enumerate(map(str, names)))
     head = {}
@@ -252,7 +257,7 @@ def run(ctx: StageContext) -> StageResult:
 
     import metrics as project_metrics
 
-    cfg: Config = ctx.config
+    cfg: TaskStageConfig = ctx.config
     train_rows, eval_rows = train_and_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, COLUMNS[cfg.task], ctx.seed, f"{cfg.task} data"
     )

@@ -635,3 +635,19 @@ def test_an_accelerate_precision_the_stages_cannot_train_in_is_refused(monkeypat
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     message = refused()
     assert "asks for 'fp16'" in message and "'bf16' or 'no'" in message
+
+
+def test_every_stage_kind_is_a_module_with_a_typed_config_named_for_it_and_a_run():
+    import dataclasses
+    import inspect
+
+    from pipeline.config import StageConfig
+    from stages import stage_module
+
+    for kind in known_kinds():
+        module = stage_module(kind)
+        assert dataclasses.is_dataclass(module.Config) and issubclass(module.Config, StageConfig), kind
+        assert module.Config.__name__.endswith("StageConfig") and module.Config.__name__ != "StageConfig", (
+            kind
+        )
+        assert list(inspect.signature(module.run).parameters) == ["ctx"], kind

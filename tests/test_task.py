@@ -88,7 +88,8 @@ def test_demo_rows_by_hand():
 def test_token_labels_sit_on_the_first_sub_token_of_each_word():
     from pipeline.models import train_encoder_tokenizer
     from stages.objectives import IGNORE
-    from stages.task import Config, encode
+    from stages.task import TaskStageConfig as Config
+    from stages.task import encode
 
     tokenizer = train_encoder_tokenizer(["the lid is good ."] * 20, vocab_size=270)  # rare words split up
     row = {"tokens": ["the", "zipperlid", "is", "good"], "tags": ["O", "B-ASPECT", "O", "O"]}

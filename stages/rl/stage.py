@@ -63,7 +63,7 @@ from stages.tracking import log_run_files, run_files, set_locations, tracker_key
 
 
 @dataclass
-class Config(StageConfig):
+class RLStageConfig(StageConfig):
     algorithm: str = "ppo"  # a registered algorithm (stages/rl/algorithms.py); see docs/algorithms.md
     policy_loss: str | None = None  # a registered policy loss; None: the algorithm's
     loss_aggregation: str | None = None  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
@@ -261,7 +261,10 @@ class Config(StageConfig):
         return bool(self.kl_in_loss)
 
 
-def check(cfg: Config) -> None:
+Config = RLStageConfig  # the stage registry's handle (stages/__init__.py)
+
+
+def check(cfg: RLStageConfig) -> None:
     """Validate the prompts and reward functions up front, before any stage of the run trains."""
     load_rows(cfg.prompts, PROMPT_ONLY, "RL prompts")
     for spec in cfg.reward_functions:
@@ -272,7 +275,7 @@ def check(cfg: Config) -> None:
             load_reward_function(cfg.eval_gold)
 
 
-def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards, engine) -> Snapshotter | None:
+def make_snapshotter(cfg: RLStageConfig, ctx: StageContext, tokenizer, rewards, engine) -> Snapshotter | None:
     if not cfg.eval_every:
         return None
     rows = load_rows(cfg.eval_prompts, PROMPT_ONLY, "RL evaluation prompts")[: cfg.eval_max_prompts]
@@ -298,7 +301,7 @@ def make_snapshotter(cfg: Config, ctx: StageContext, tokenizer, rewards, engine)
     )
 
 
-def check_memory_plan(cfg: Config, models, engine, stage: str) -> None:
+def check_memory_plan(cfg: RLStageConfig, models, engine, stage: str) -> None:
     """Print the memory plan per process (stages/rl/memory_plan.py); on a GPU, refuse one that cannot fit."""
     shapes = [memory_plan.shape_of("policy", models.policy, True)]
     if models.reference is not None:
@@ -390,7 +393,7 @@ def unique_fraction_over_processes(completions: list[str], weight: torch.Tensor)
     return diversity.unique_fraction([c for part in everyone for c in part])
 
 
-def flat_config(cfg: Config) -> dict[str, str | int | float | bool]:
+def flat_config(cfg: RLStageConfig) -> dict[str, str | int | float | bool]:
     """The config as one level of keys (`lora.r`), values as trackers accept them (others as text)."""
     flat: dict[str, str | int | float | bool] = {}
     for key, value in to_dict(cfg).items():
@@ -401,7 +404,7 @@ def flat_config(cfg: Config) -> dict[str, str | int | float | bool]:
     return flat
 
 
-def update_settings(cfg: Config) -> UpdateSettings:
+def update_settings(cfg: RLStageConfig) -> UpdateSettings:
     return UpdateSettings(
         epochs=cfg.ppo_epochs,
         minibatch_size=cfg.minibatch_size,
@@ -421,7 +424,7 @@ def update_settings(cfg: Config) -> UpdateSettings:
     )
 
 
-def fresh_state(cfg: Config, prompts: list[str], seed: int, rewards) -> checkpoint.RLState:
+def fresh_state(cfg: RLStageConfig, prompts: list[str], seed: int, rewards) -> checkpoint.RLState:
     kl = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         if cfg.adaptive_kl
@@ -445,7 +448,7 @@ def check_finite(scores: torch.Tensor, stage: str, step: int, last_checkpoint: s
 def run(ctx: StageContext) -> StageResult:
     from accelerate import Accelerator
 
-    cfg: Config = ctx.config
+    cfg: RLStageConfig = ctx.config
     set_locations(cfg.report_to, logs_dir(ctx))
     accelerator = Accelerator(log_with=cfg.report_to or None, project_dir=str(logs_dir(ctx)))
     # the resolved config as the run's hyperparameters (flat keys: every tracker takes those)
