@@ -23,7 +23,14 @@ from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
 from stages.base import StageContext
-from stages.outputs import local_numel, logs_dir, save_sharded, save_with_adapter, unsharded_like
+from stages.outputs import (
+    logs_dir,
+    parameters_held,
+    save_gathered,
+    save_sharded,
+    save_with_adapter,
+    unsharded_like,
+)
 from stages.tracking import log_run_files, run_files, set_locations, start_mlflow_run
 
 
@@ -173,11 +180,7 @@ def save_trained(trainer, tokenizer, out_dir: Path) -> None:
         save_sharded(model, tokenizer, out_dir, lambda: unsharded_like(model))
     elif trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
         full = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every process gathers
-        if distributed.is_main():
-            unsharded = unsharded_like(model)
-            unsharded.load_state_dict(full)
-            save_with_adapter(unsharded, tokenizer, out_dir)
-        distributed.barrier()
+        save_gathered(full, tokenizer, out_dir, lambda: unsharded_like(model))
     else:
         save_with_adapter(model, tokenizer, out_dir)
 
@@ -230,8 +233,7 @@ class ShardReport(TrainerCallback):
         self.stage = stage
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        held = sum(local_numel(p) for p in model.parameters())
-        total = sum(p.numel() for p in model.parameters())
+        held, total = parameters_held(model)
         if held < total:
             log(
                 f"[{self.stage}] FSDP2: this process holds {100 * held / total:.1f}% of the parameters "

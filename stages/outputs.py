@@ -52,6 +52,14 @@ def save_sharded(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    save_gathered(full, tokenizer, out_dir, rebuild)
+
+
+def save_gathered(
+    full: dict[str, torch.Tensor], tokenizer, out_dir: Path, rebuild: Callable[[], torch.nn.Module]
+) -> None:
+    """Whole weights already gathered onto the main process (empty elsewhere), saved from an unsharded copy
+    made by `rebuild`; every process calls it and waits until the folder is written."""
     if distributed.is_main():
         unsharded = rebuild()
         unsharded.load_state_dict(full)
@@ -75,6 +83,8 @@ def unsharded_like(model: torch.nn.Module) -> torch.nn.Module:
     return unsharded
 
 
-def local_numel(parameter: torch.Tensor) -> int:
-    """Elements of a parameter this process holds: its shard of a sharded (DTensor) one."""
-    return parameter.to_local().numel() if hasattr(parameter, "to_local") else parameter.numel()
+def parameters_held(model: torch.nn.Module) -> tuple[int, int]:
+    """(elements this process holds, elements of the whole model): a sharded (DTensor) parameter counts
+    its local shard only."""
+    held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+    return held, sum(p.numel() for p in model.parameters())

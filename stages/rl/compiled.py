@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from pipeline.models import position_ids_from_mask, without_peft_wrapper
-from stages.rl.masking import response_mask
-from stages.rl.rollout import Rollout
+from stages.rl.rollout import Rollout, draw_token, finished_rollout
 
 
 class CompiledEngine:
@@ -62,18 +61,12 @@ class CompiledEngine:
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         tokens, drawn = [], []
         for t in range(request.max_new_tokens):
-            scaled = logits.float() / request.temperature
-            logprobs = torch.log_softmax(scaled, dim=-1)
-            if request.greedy:
-                token = scaled.argmax(-1)
-            elif request.noise is not None:
-                token = (scaled + request.noise.gumbel(t, *scaled.shape, device)).argmax(-1)
-            else:
-                probs = torch.softmax(scaled, dim=-1)
-                token = torch.multinomial(probs, 1, generator=request.generator).squeeze(1)
+            token, logprob = draw_token(
+                logits, t, request.temperature, request.greedy, request.noise, request.generator
+            )
             token = torch.where(done, torch.full_like(token, request.pad_token_id), token)
             tokens.append(token)
-            drawn.append(logprobs.gather(1, token[:, None]).squeeze(1))
+            drawn.append(logprob)
             done |= torch.isin(token, stops)
             if bool(done.all()) or t + 1 == request.max_new_tokens:
                 break
@@ -87,11 +80,10 @@ class CompiledEngine:
                 use_cache=True,
             ).logits[:, -1]
             next_position = next_position + 1
-        response = torch.stack(tokens, dim=1)
-        mask, last_index, ended = response_mask(response, request.stop_token_ids)
-        response = torch.where(mask.bool(), response, torch.full_like(response, request.pad_token_id))
-        sampler_logprobs = torch.stack(drawn, dim=1) * mask
-        return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, sampler_logprobs)
+        response, logprobs = torch.stack(tokens, dim=1), torch.stack(drawn, dim=1)
+        return finished_rollout(
+            query_ids, query_mask, response, logprobs, request.stop_token_ids, request.pad_token_id
+        )
 
 
 def cache_keyword(model: torch.nn.Module) -> str:

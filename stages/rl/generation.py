@@ -31,9 +31,8 @@ import torch
 from torch import Tensor
 
 from stages.rl.compiled import CompiledEngine
-from stages.rl.masking import response_mask
 from stages.rl.noise import SamplingNoise
-from stages.rl.rollout import Rollout, sample
+from stages.rl.rollout import Rollout, finished_rollout, sample
 
 
 @dataclass
@@ -108,8 +107,8 @@ class PagedEngine:
         batching = ContinuousBatchingConfig(
             return_logprobs=True, seed=request.seed, **cache_size(prompts, request.max_new_tokens)
         )
-        generating = model.generate_batch  # a peft wrapper hands it to its base model
-        outputs = generating(
+        # a peft wrapper hands generate_batch to its base model, whose layers hold the adapter
+        outputs = model.generate_batch(
             prompts, generation_config=config, continuous_batching_config=batching, progress_bar=False
         )
         ordered = sorted(outputs.values(), key=lambda out: int(out.request_id.rsplit("_", 1)[-1]))
@@ -154,9 +153,9 @@ def rollout_from_lists(
         response[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         drawn[i, : len(row_logprobs)] = torch.tensor(row_logprobs, dtype=torch.float32)
     response, drawn = response.to(query_ids.device), drawn.to(query_ids.device)
-    mask, last_index, ended = response_mask(response, request.stop_token_ids)
-    response = torch.where(mask.bool(), response, torch.full_like(response, request.pad_token_id))
-    return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, drawn * mask)
+    return finished_rollout(
+        query_ids, query_mask, response, drawn, request.stop_token_ids, request.pad_token_id
+    )
 
 
 ENGINES: dict[str, type] = {"hf": HFEngine, "compiled": CompiledEngine, "paged": PagedEngine}

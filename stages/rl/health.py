@@ -128,33 +128,47 @@ def _entropy_collapse(history: list[dict], limits: Thresholds) -> HealthWarning 
     )
 
 
+def _sustained(
+    history: list[dict],
+    key: str,
+    condition: Callable[[float], bool],
+    limits: Thresholds,
+    kind: str,
+    message: Callable[[int, list[float]], str],
+) -> HealthWarning | None:
+    """A warning of `kind` from the first `patience` consecutive steps whose `key` meets `condition`;
+    `message(step, values)` says what happened."""
+    streak = _first_streak(_series(history, key), condition, limits.patience)
+    return None if streak is None else HealthWarning(kind, streak[0], message(*streak))
+
+
 def _response_collapse(history: list[dict], limits: Thresholds) -> HealthWarning | None:
-    series = _series(history, "unique_fraction")
-    streak = _first_streak(series, lambda u: u <= limits.unique_fraction_min, limits.patience)
-    if streak is None:
-        return None
-    step, values = streak
-    return HealthWarning(
+    return _sustained(
+        history,
+        "unique_fraction",
+        lambda u: u <= limits.unique_fraction_min,
+        limits,
         "response_collapse",
-        step,
-        f"Responses collapsed towards one string: only {values[0]:.0%} of the batch's completions were "
-        f"distinct at step {step} (at most {limits.unique_fraction_min:.0%} for {len(values)} steps in "
-        "a row). The policy answers every prompt the same way.",
+        lambda step, values: (
+            f"Responses collapsed towards one string: only {values[0]:.0%} of the batch's completions were "
+            f"distinct at step {step} (at most {limits.unique_fraction_min:.0%} for {len(values)} steps in "
+            "a row). The policy answers every prompt the same way."
+        ),
     )
 
 
 def _empty_responses(history: list[dict], limits: Thresholds) -> HealthWarning | None:
-    series = _series(history, "response_length")
-    streak = _first_streak(series, lambda n: n <= limits.empty_length, limits.patience)
-    if streak is None:
-        return None
-    step, values = streak
-    return HealthWarning(
+    return _sustained(
+        history,
+        "response_length",
+        lambda n: n <= limits.empty_length,
+        limits,
         "empty_responses",
-        step,
-        f"Responses collapsed to an immediate end: mean length {values[0]:.3g} tokens (stop token "
-        f"included) at step {step}, at most {limits.empty_length:g} for {len(values)} steps in a row. "
-        "Stopping at once is being rewarded: check the reward for short or empty answers.",
+        lambda step, values: (
+            f"Responses collapsed to an immediate end: mean length {values[0]:.3g} tokens (stop token "
+            f"included) at step {step}, at most {limits.empty_length:g} for {len(values)} steps in a row. "
+            "Stopping at once is being rewarded: check the reward for short or empty answers."
+        ),
     )
 
 
@@ -197,18 +211,19 @@ def _value_loss_explosion(history: list[dict], limits: Thresholds) -> HealthWarn
 
 
 def _sampler_mismatch(history: list[dict], limits: Thresholds) -> HealthWarning | None:
-    series = _series(history, "mismatch/kl")
-    streak = _first_streak(series, lambda kl: not kl < limits.mismatch_kl_max, limits.patience)
-    if streak is None:
-        return None
-    step, values = streak
-    return HealthWarning(
+    return _sustained(
+        history,
+        "mismatch/kl",
+        lambda kl: not kl < limits.mismatch_kl_max,
+        limits,
         "sampler_mismatch",
-        step,
-        f"The rollout engine samples from a distribution the trainer does not compute: KL(sampler || "
-        f"trainer) {values[0]:.3g} per token at step {step}, at least {limits.mismatch_kl_max:g} for "
-        f"{len(values)} steps in a row. Truncated importance sampling (tis_cap) corrects the gradient only "
-        "up to its cap: check the engine's precision against the trainer's, or use rollout.engine: hf.",
+        lambda step, values: (
+            f"The rollout engine samples from a distribution the trainer does not compute: KL(sampler || "
+            f"trainer) {values[0]:.3g} per token at step {step}, at least {limits.mismatch_kl_max:g} for "
+            f"{len(values)} steps in a row. Truncated importance sampling (tis_cap) corrects the gradient "
+            "only up to its cap: check the engine's precision against the trainer's, or use "
+            "rollout.engine: hf."
+        ),
     )
 
 

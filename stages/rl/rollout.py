@@ -66,18 +66,11 @@ def sample(
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=query_ids.device)
     tokens, sampler_logprobs = [], []
-    for _ in range(max_new_tokens):
-        scaled = output.logits[:, -1].float() / temperature
-        logprobs = torch.log_softmax(scaled, dim=-1)
-        if greedy:  # ReMax's baseline response
-            token = scaled.argmax(-1)
-        elif noise is not None:  # Gumbel-max: the same distribution as multinomial sampling
-            token = (scaled + noise.gumbel(len(tokens), *scaled.shape, scaled.device)).argmax(-1)
-        else:
-            token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator).squeeze(1)
+    for t in range(max_new_tokens):
+        token, logprob = draw_token(output.logits[:, -1], t, temperature, greedy, noise, generator)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
-        sampler_logprobs.append(logprobs.gather(1, token[:, None]).squeeze(1))
+        sampler_logprobs.append(logprob)
         done |= torch.isin(token, stops)
         finished = bool(done.all())
         if distributed.all_true(finished) if synced else finished:
@@ -91,11 +84,44 @@ def sample(
             **cache_of(output),
         )
         next_position = next_position + 1
-    response = torch.stack(tokens, dim=1)
+    response, drawn = torch.stack(tokens, dim=1), torch.stack(sampler_logprobs, dim=1)
+    return finished_rollout(query_ids, query_mask, response, drawn, stop_token_ids, pad_token_id)
+
+
+def draw_token(
+    logits: Tensor,
+    t: int,
+    temperature: float,
+    greedy: bool = False,
+    noise: SamplingNoise | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Token t of each row from its last position's logits [B, V], and its log-probability under the
+    tempered distribution it was drawn from: the greedy one (ReMax's baseline), Gumbel-max with `noise`
+    (the same distribution as multinomial sampling), or multinomial with `generator`."""
+    scaled = logits.float() / temperature
+    if greedy:
+        token = scaled.argmax(-1)
+    elif noise is not None:
+        token = (scaled + noise.gumbel(t, *scaled.shape, scaled.device)).argmax(-1)
+    else:
+        token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator).squeeze(1)
+    return token, torch.log_softmax(scaled, dim=-1).gather(1, token[:, None]).squeeze(1)
+
+
+def finished_rollout(
+    query_ids: Tensor,
+    query_mask: Tensor,
+    response: Tensor,
+    drawn: Tensor,
+    stop_token_ids: Sequence[int],
+    pad_token_id: int,
+) -> Rollout:
+    """A Rollout from generated tokens [B, R] and their sampler log-probabilities: everything after each
+    row's first stop token replaced by padding and masked out (its log-probabilities set to 0)."""
     mask, last_index, ended = response_mask(response, stop_token_ids)
     response = torch.where(mask.bool(), response, torch.full_like(response, pad_token_id))
-    drawn_logprobs = torch.stack(sampler_logprobs, dim=1) * mask
-    return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, drawn_logprobs)
+    return Rollout(query_ids, query_mask.long(), response, mask, last_index, ended, drawn * mask)
 
 
 def cache_of(output) -> dict:

@@ -40,7 +40,7 @@ from pipeline.models import load_tokenizer
 from reward_models.functions import load_reward_function
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
-from stages.outputs import local_numel, logs_dir
+from stages.outputs import logs_dir, parameters_held
 from stages.rl import algorithms, checkpoint, memory_plan, registry
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
@@ -330,16 +330,15 @@ def check_memory_plan(cfg: RLStageConfig, models, engine, stage: str) -> None:
             raise UserError(f"Stage '{stage}': {problem}")
 
 
+TIME_KEYS = ("time/step_s", "time/generate_s", "time/score_s", "time/update_s")
+
+
 def run_summary(history: list[dict]) -> dict[str, float]:
     """The stage's final metrics on where time went (means over the steps) and on the sampler-trainer
     mismatch (its largest step), from the rows that logged them (a history resumed from an older run may
     have rows without)."""
     summary: dict[str, float] = {}
-    for key in ("time/step_s", "time/generate_s", "time/score_s", "time/update_s"):
-        values = [row[key] for row in history if key in row]
-        if values:
-            summary[key] = sum(values) / len(values)
-    for key in ("generate_tokens_per_s", "generate_share"):
+    for key in (*TIME_KEYS, "generate_tokens_per_s", "generate_share"):
         values = [row[key] for row in history if key in row]
         if values:
             summary[key] = sum(values) / len(values)
@@ -475,8 +474,7 @@ def run(ctx: StageContext) -> StageResult:
     check_memory_plan(cfg, models, engine, ctx.name)
     engine.prepare(models)
     if engine.sharded:
-        held = sum(local_numel(p) for p in models.policy.parameters())
-        total = sum(p.numel() for p in models.policy.parameters())
+        held, total = parameters_held(models.policy)
         log(f"[{ctx.name}] engine fsdp2: this process holds {held:,} of {total:,} policy parameters")
     prompts = policy_prompts(prompt_rows, tokenizer, models.rewards)
     prompt_ids = dict(zip(prompts, encode_prompts(tokenizer, prompts, cfg.max_prompt_length, cfg.prompts)))
