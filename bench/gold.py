@@ -1,7 +1,7 @@
 """The demo "reviews" task's gold scorer as the peer harness wants it: gold(text) -> float.
 
 Loaded by file path from the peer virtual environments, which do not have this project installed, so the
-repository root is put on sys.path first. reward_models.gold imports nothing beyond the standard library.
+repository root is put on sys.path first. pipeline.demo imports nothing beyond the standard library.
 """
 
 import pathlib
@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from reward_models.gold import score_review  # noqa: E402
+from pipeline.demo.reviews import score_review  # noqa: E402
 
 
 def gold(text: str) -> float:

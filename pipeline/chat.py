@@ -18,6 +18,14 @@ ROLES = ("system", "user", "assistant", "tool")
 Conversation = list[dict[str, Any]]
 
 
+def as_text(value: str | list[dict]) -> str:
+    """A plain string as it is; for conversational data (a list of messages, as TRL passes prompts and
+    completions) the content of the last message: the user's question, or the assistant's reply."""
+    if isinstance(value, str):
+        return value
+    return value[-1]["content"] if value else ""
+
+
 def is_conversation(value: Any) -> bool:
     """A non-empty list whose items are all dicts: how a row field says it holds messages."""
     return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)

@@ -7,9 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import distributed
+from pipeline import distributed, faults
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # the commands import what they need when they run, so `rlhf --help` starts fast
+    from pipeline.evaluation.result import EvaluationResult
 
 EPILOG = "Any number of key.path=value arguments override config values, e.g. stages.ppo.lr=1e-4."
 
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if launch and max(args.nproc or 1, args.nnodes or 1) > 1 and distributed.world_size() == 1:
         return relaunch(argv if argv is not None else sys.argv[1:], args, parser)
     distributed.setup()
+    faults.arm_from_environment()  # the resume tests' crash hook, read here once and not in training loops
     try:
         return args.handler(args)
     except UserError as exc:
@@ -239,7 +244,8 @@ def eval_overrides(
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
-    from pipeline.report import HTML_FILE, format_warnings
+    from pipeline.evaluation.html import HTML_FILE
+    from pipeline.evaluation.report import format_warnings
     from pipeline.rundir import CONFIG
     from pipeline.runner import Runner
 
@@ -258,9 +264,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(config.pipeline.threads)
     with runner.rundir.lock():
-        metrics = runner.evaluate(force=True)
-    print_evaluation(metrics, root)
-    warnings = format_warnings(metrics or {})
+        result = runner.evaluate(force=True)
+    print_evaluation(result, root)
+    warnings = format_warnings(result) if result else ""
     if warnings:
         print("\n" + warnings)
     print(f"HTML report: {root / 'eval' / HTML_FILE}")
@@ -268,25 +274,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import choices, compare, format_table
-    from pipeline.config import load_config
+    from pipeline.compare import choices, compare, comparison_data, format_table
+    from pipeline.config import apply_override, load_config, read_yaml
 
-    config = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir or f"runs/{config.pipeline.name}-compare")
+    raw = read_yaml(Path(args.config))
+    for assignment in args.overrides:
+        apply_override(raw, assignment)
     if args.algorithms:
         algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     else:
-        algorithms = list(config.pipeline.compare) or choices()
+        algorithms = list(raw.get("compare") or {}) or choices()
+    config = load_config(args.config, data=comparison_data(raw, algorithms))  # typed and checked once
+    run_dir = Path(args.run_dir or f"runs/{config.pipeline.name}-compare")
     print(format_table(compare(config, algorithms, run_dir)))
     print(f"\nTable: {run_dir / 'compare' / 'compare.md'}")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from pipeline import demo_data
+    from pipeline import demo
 
     try:
-        paths = demo_data.write(args.task, args.out, args.seed)
+        paths = demo.write(args.task, args.out, args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     for split, path in paths.items():
@@ -294,9 +303,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_evaluation(metrics: dict | None, root: Path) -> None:
-    from pipeline.report import format_table
+def print_evaluation(result: EvaluationResult | None, root: Path) -> None:
+    from pipeline.evaluation.report import format_table
 
-    if metrics:
-        print(format_table(metrics))
+    if result:
+        print(format_table(result))
         print(f"\nReport: {root / 'eval' / 'report.md'}")

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_write_json, atomic_write_text
-from pipeline.config import ResolvedConfig, load_config
+from pipeline.config import ResolvedConfig, resolve_kind
 from pipeline.errors import ConfigError
-
-RL_KINDS = ("rl", "ppo")
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.evaluation.result import EvaluationResult
+from pipeline.runner import Runner
 
 
 def choices() -> list[str]:
@@ -23,8 +23,9 @@ def choices() -> list[str]:
     return [*known_algorithms(), "dpo"]
 
 
-def comparison_config(config: ResolvedConfig, algorithms: list[str]) -> ResolvedConfig:
-    """The config with one stage per algorithm (named after it) in place of the RL stage.
+def comparison_data(raw: dict[str, Any], algorithms: list[str]) -> dict[str, Any]:
+    """The raw config (as read, overrides applied) with one stage per algorithm, named after it, in place of
+    the RL stage; `load_config` then types and checks it once.
 
     Each RL variant copies the config's RL stage block with `algorithm` set and `compare.<algorithm>`
     applied on top; DPO starts from the RL stage's policy on the reward stage's preference data.
@@ -32,22 +33,26 @@ def comparison_config(config: ResolvedConfig, algorithms: list[str]) -> Resolved
     unknown = [a for a in algorithms if a not in choices()]
     if unknown:
         raise ConfigError(f"Unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(choices())}.")
-    raw = copy.deepcopy(config.raw)
-    stages: dict[str, Any] = raw["stages"]
-    rl_names = [n for n, cfg in config.stages.items() if cfg.kind in RL_KINDS]
+    raw = copy.deepcopy(raw)
+    stages: dict[str, Any] = raw.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise ConfigError("The config's 'stages' must be a mapping of stage name to block.")
+    kinds = {name: resolve_kind(name, block or {}) for name, block in stages.items()}
+    rl_names = [name for name, kind in kinds.items() if kind == "rl"]
     if len(rl_names) != 1:
         raise ConfigError(
-            f"rlhf compare needs a config with exactly one RL stage (kind rl or ppo); found "
+            f"rlhf compare needs a config with exactly one RL stage (kind rl); found "
             f"{len(rl_names)}: {', '.join(rl_names) or 'none'}."
         )
-    rl_name = rl_names[0]
-    base = stages.pop(rl_name)
+    base = stages.pop(rl_names[0]) or {}
     overrides = raw.pop("compare", {}) or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict | None) for v in overrides.values()):
+        raise ConfigError("The config's 'compare' must map an algorithm to a block of RL stage settings.")
     for algorithm in algorithms:
         if algorithm in stages:
             raise ConfigError(f"Stage name '{algorithm}' is taken by another stage; rename that stage.")
         if algorithm == "dpo":
-            preference = next((b for b in stages.values() if b.get("kind", "") == "reward"), {})
+            preference = next((stages[n] for n, kind in kinds.items() if kind == "reward"), None) or {}
             block = {
                 "kind": "dpo",
                 "init_from": base.get("policy", "sft"),
@@ -55,15 +60,14 @@ def comparison_config(config: ResolvedConfig, algorithms: list[str]) -> Resolved
             }
         else:
             block = {**copy.deepcopy(base), "kind": "rl", "algorithm": algorithm}
-        stages[algorithm] = {**block, **overrides.get(algorithm, {})}
-    return load_config(None, data=raw)
+        stages[algorithm] = {**block, **(overrides.get(algorithm) or {})}
+    raw["stages"] = stages
+    return raw
 
 
-def compare(config: ResolvedConfig, algorithms: list[str], run_dir: Path) -> dict[str, Any]:
-    from pipeline.evaluation import evaluate
-    from pipeline.runner import Runner
-
-    cfg = comparison_config(config, algorithms)
+def compare(cfg: ResolvedConfig, algorithms: list[str], run_dir: Path) -> dict[str, Any]:
+    """Train every stage of the comparison config `cfg` (`comparison_data`), then evaluate each algorithm's
+    stage against the same baseline; writes compare/compare.json and compare.md in the run directory."""
     if cfg.pipeline.evaluation is None:
         raise ConfigError("rlhf compare needs an 'evaluation' section (baseline, prompts, reward sources).")
     runner = Runner(cfg, run_dir)
@@ -73,23 +77,19 @@ def compare(config: ResolvedConfig, algorithms: list[str], run_dir: Path) -> dic
         for algorithm in algorithms:
             eval_cfg = dataclasses.replace(cfg.pipeline.evaluation, candidate=algorithm)
             out = runner.rundir.root / "compare" / algorithm
-            history_file = runner.rundir.stage_path(algorithm) / "history.json"
-            history = json.loads(history_file.read_text()) if history_file.exists() else []
-            metrics = evaluate(
-                eval_cfg, runner.resolve, out, cfg.pipeline.seed, history, {"stage": algorithm}
-            )
-            rows[algorithm] = summary_row(metrics, runner.rundir.stage_entry(algorithm))
+            result = evaluate(eval_cfg, runner.resolve, out, cfg.pipeline.seed)
+            rows[algorithm] = summary_row(result, runner.rundir.stage_entry(algorithm))
         table = {"baseline": cfg.pipeline.evaluation.baseline, "rows": rows}
         atomic_write_json(runner.rundir.root / "compare" / "compare.json", table)
         atomic_write_text(runner.rundir.root / "compare" / "compare.md", format_table(table) + "\n")
     return table
 
 
-def summary_row(metrics: dict, stage_entry: dict) -> dict[str, Any]:
-    candidate = metrics["policies"][metrics["candidate"]]
+def summary_row(result: EvaluationResult, stage_entry: dict) -> dict[str, Any]:
+    kl = result.policies[result.candidate].kl_to_reference
     return {
-        "differences": metrics["differences"],
-        "kl_to_reference": candidate["kl_to_reference"],
+        "differences": {source: estimate.to_dict() for source, estimate in result.differences.items()},
+        "kl_to_reference": kl.to_dict() if kl else None,
         "wall_time_s": stage_entry.get("wall_time_s"),
         "peak_rss_mb": stage_entry.get("metrics", {}).get("peak_rss_mb"),
         "peak_rss_added_mb": stage_entry.get("metrics", {}).get("peak_rss_added_mb"),

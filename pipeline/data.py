@@ -2,7 +2,7 @@
 
 A data source is a config string:
   path/to/file.jsonl | .json | .parquet   a local file
-  demo:TASK/SPLIT                          the project's generated demo data (see pipeline/demo_data.py)
+  demo:TASK/SPLIT                          the project's generated demo data (see pipeline/demo/)
   hf:ORG/NAME[:SPLIT]                      a hub dataset (default split: train)
 """
 
@@ -180,11 +180,11 @@ def check_string_list(value: Any, column: str, where: str) -> None:
 def _read(source: str) -> tuple[list[Any], str, list[str]]:
     """(rows, where they came from, where each row is: 'line N' in a .jsonl file, 'row N' elsewhere)."""
     if source.startswith("demo:"):
-        from pipeline import demo_data
+        from pipeline import demo
 
         task, _, split = source.removeprefix("demo:").partition("/")
         try:
-            return _numbered(demo_data.generate_split(task, split), f"demo data '{source}'")
+            return _numbered(demo.generate_split(task, split), f"demo data '{source}'")
         except ValueError as exc:
             raise DataError(f"Data source '{source}': {exc}") from exc
     if source.startswith("hf:"):

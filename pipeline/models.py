@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.log import log
+from pipeline.stage_config import ModelConfig
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 # encoders: [SEP] ends every sequence, so it also serves as EOS (TRL's reward data appends an EOS)
@@ -95,6 +95,29 @@ def sentinel_ids(tokenizer) -> list[int]:
     return ids
 
 
+# The model.* sizes, in order, under each family's config names: llama, qwen2 and bert share HF's usual ones.
+SIZE_NAMES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+GPT2_SIZE_NAMES = ("n_embd", "n_layer", "n_head", "n_inner", "n_positions")
+
+
+def _sizes(cfg: ModelConfig, tokenizer, names: tuple[str, ...] = SIZE_NAMES) -> dict[str, int]:
+    """The vocabulary (the tokenizer's) and `model.*` sizes under a family's config names."""
+    sizes = (
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.intermediate_size,
+        cfg.max_position_embeddings,
+    )
+    return {"vocab_size": len(tokenizer), **dict(zip(names, sizes, strict=True))}
+
+
 def _dropout(cfg: ModelConfig, *keys: str) -> dict[str, float]:
     """The family's own dropout keys set to `model.dropout`; none (the family's default) when it is unset."""
     return {} if cfg.dropout is None else dict.fromkeys(keys, cfg.dropout)
@@ -114,25 +137,15 @@ def build_causal_lm(cfg: ModelConfig, tokenizer) -> torch.nn.Module:
     )
     if cfg.family == "gpt2":
         config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_embd=cfg.hidden_size,
-            n_layer=cfg.num_layers,
-            n_head=cfg.num_heads,
-            n_inner=cfg.intermediate_size,
-            n_positions=cfg.max_position_embeddings,
+            **_sizes(cfg, tokenizer, GPT2_SIZE_NAMES),
             **ids,
             **_dropout(cfg, "resid_pdrop", "embd_pdrop", "attn_pdrop"),
         )
     else:
         family = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.family]
         config = family(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
+            **_sizes(cfg, tokenizer),
             num_key_value_heads=cfg.num_heads,
-            intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings,
             **ids,
             **_dropout(cfg, "attention_dropout"),
         )
@@ -144,12 +157,7 @@ def bert_config(cfg: ModelConfig, tokenizer, **kwargs: Any):
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings,
+        **_sizes(cfg, tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         **_dropout(cfg, "hidden_dropout_prob", "attention_probs_dropout_prob"),

@@ -24,9 +24,13 @@ from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.config import ResolvedConfig, stage_inputs
 from pipeline.config_schema import suggest, to_dict
 from pipeline.errors import ConfigError, UserError
+from pipeline.evaluation.evaluate import METRICS_FILE, evaluate
+from pipeline.evaluation.evaluate import check as check_evaluation
+from pipeline.evaluation.result import EvaluationResult
 from pipeline.log import log
 from pipeline.memory import PeakMemory
 from pipeline.rundir import CONFIG, EVAL_DIR, RunDir
+from stages.base import HISTORY_FILE, STAGE_RECORD_FILE
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 
@@ -130,7 +134,7 @@ class Runner:
         self.nodes = build_graph(config)
         self.order = topological_order(self.nodes)
         self.prints: dict[str, str] = {}
-        self.evaluation: dict | None = None
+        self.evaluation: EvaluationResult | None = None
 
     # -- selection --------------------------------------------------------------------------------
     def select(self, only: str | None, start: str | None) -> tuple[list[str], set[str]]:
@@ -166,7 +170,7 @@ class Runner:
     def run(self, only: str | None = None, start: str | None = None, evaluate: bool = False) -> list[str]:
         """Run the selected stages, then the evaluation if asked, under one lock.
 
-        Returns the names of the stages that trained; the evaluation's metrics land in `self.evaluation`.
+        Returns the names of the stages that trained; the evaluation's result lands in `self.evaluation`.
         """
         self.rundir.prepare()
         distributed.barrier()
@@ -225,8 +229,6 @@ class Runner:
                 check(self.nodes[name].config)
         cfg = self.config.pipeline.evaluation
         if evaluate and cfg is not None:
-            from pipeline.evaluation import check as check_evaluation
-
             check_evaluation(cfg)
 
     def execute(self, node: StageNode, inputs: dict[str, str], print_: str) -> None:
@@ -274,10 +276,8 @@ class Runner:
         log(f"[{node.name}] finished in {wall:.1f}s: {format_metrics(result.metrics)}")
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluate(self, force: bool = False) -> dict | None:
+    def evaluate(self, force: bool = False) -> EvaluationResult | None:
         """Evaluate baseline vs candidate into <run-dir>/eval, unless it is up to date."""
-        from pipeline.evaluation import evaluate
-
         cfg = self.config.pipeline.evaluation
         if cfg is None:
             return None
@@ -291,22 +291,16 @@ class Runner:
         if (
             not force
             and entry.get("fingerprint") == print_
-            and (self.rundir.root / EVAL_DIR / "metrics.json").exists()
+            and (self.rundir.root / EVAL_DIR / METRICS_FILE).exists()
         ):
             log("[eval] up to date with the stages it evaluates: skipped")
-            return json.loads((self.rundir.root / EVAL_DIR / "metrics.json").read_text())
-        candidate = cfg.candidate
-        history_file = self.rundir.stage_path(candidate) / "history.json"
-        history = json.loads(history_file.read_text()) if history_file.exists() else []
-        snapshots_file = self.rundir.stage_path(candidate) / "snapshots.json"
-        snapshots = json.loads(snapshots_file.read_text()) if snapshots_file.exists() else []
-        training = {"stage": candidate, **self.rundir.stage_entry(candidate).get("metrics", {})}
+            return EvaluationResult.from_dict(
+                json.loads((self.rundir.root / EVAL_DIR / METRICS_FILE).read_text())
+            )
         staging = self.rundir.staging_path(EVAL_DIR)
         started = time.time()
         try:
-            metrics = evaluate(
-                cfg, self.resolve, staging, self.config.pipeline.seed, history, training, snapshots
-            )
+            result = evaluate(cfg, self.resolve, staging, self.config.pipeline.seed)
             self.rundir.publish(staging, EVAL_DIR)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -320,7 +314,7 @@ class Runner:
                 "output": str(self.rundir.root / EVAL_DIR),
             }
         )
-        return metrics
+        return result
 
 
 def execute_stage(
@@ -346,7 +340,7 @@ def execute_stage(
     if not distributed.is_main():
         return result
     atomic_write_json(
-        staging / "rlhf_stage.json",
+        staging / STAGE_RECORD_FILE,
         {
             "stage": node.name,
             "kind": node.kind,
@@ -356,7 +350,7 @@ def execute_stage(
         },
     )
     if result.history:
-        atomic_write_json(staging / "history.json", result.history)
+        atomic_write_json(staging / HISTORY_FILE, result.history)
     return result
 
 

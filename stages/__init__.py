@@ -15,11 +15,16 @@ _MODULES = {
     "pretrain": "stages.pretrain",
     "sft": "stages.sft",
     "reward": "stages.reward",
-    "rl": "stages.rl.stage",  # algorithm: ppo | grpo | rloo | reinforce
-    "ppo": "stages.rl.stage",  # the same stage; kept as the name of the classic pipeline's last step
+    "rl": "stages.rl.stage",  # `algorithm:` picks the algorithm (stages/rl/algorithms.py; ppo by default)
     "dpo": "stages.dpo",
     "task": "stages.task",  # supervised fine-tuning: classification | token_classification | seq2seq
 }
+
+
+# Older names a config may still use, and the kind each stands for: `kind: ppo` (the classic pipeline's
+# last step) is the rl stage, whose `algorithm` (ppo by default) picks what runs. A loaded config holds
+# the kind, never the alias, so "ppo" names an algorithm only.
+ALIASES = {"ppo": "rl"}
 
 
 def known_kinds() -> list[str]:

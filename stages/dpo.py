@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.chat import conversation_ids
-from pipeline.config import (
+from pipeline.data import PREFERENCE, check_sources
+from pipeline.stage_config import (
     LoraConfig,
     TrainingConfig,
     check_choice,
@@ -16,15 +17,13 @@ from pipeline.config import (
     check_source,
     input_field,
 )
-from pipeline.data import PREFERENCE, check_sources
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     last_checkpoint,
-    peft_config,
     rows_tokenizer_and_model,
     save_trained,
-    stage_callbacks,
     trainer_arguments,
+    trl_trainer_kwargs,
     truncation,
 )
 
@@ -147,7 +146,6 @@ def check(cfg: DPOStageConfig) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
-    import datasets
     from trl import DPOConfig, DPOTrainer
 
     cfg: DPOStageConfig = ctx.config
@@ -168,13 +166,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     # ref_model=None: the reference is a frozen copy TRL loads, or with LoRA the adapter-disabled policy.
     trainer = DPOTrainer(
-        callbacks=stage_callbacks(ctx, cfg),
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(train_rows),
-        processing_class=tokenizer,
-        peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
+        ref_model=None, args=args, **trl_trainer_kwargs(ctx, cfg, model, tokenizer, train_rows, "CAUSAL_LM")
     )
     metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["chosen", "rejected"])
     if eval_rows:

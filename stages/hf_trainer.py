@@ -16,12 +16,12 @@ from pipeline import distributed
 from pipeline.atomic import atomic_write_json
 from pipeline.chat import conversation_ids, use_template
 from pipeline.checkpoints import INDEX, latest_valid, step_of, write_index
-from pipeline.config import LoraConfig, TrainingConfig
 from pipeline.data import is_conversational, train_and_eval
 from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
+from pipeline.stage_config import LoraConfig, TrainingConfig
 from stages.base import StageContext
 from stages.outputs import (
     logs_dir,
@@ -84,6 +84,29 @@ def rows_tokenizer_and_model(
         use_template(tokenizer, cfg.chat_template, source, f"Stage '{ctx.name}': {what} '{cfg.data}'")
     model = load_model(auto_class, source, cfg.trust_remote_code, cfg.dtype, **kwargs)
     return train_rows, eval_rows, tokenizer, model
+
+
+def trl_trainer_kwargs(
+    ctx: StageContext,
+    cfg: TrainingConfig,
+    model: torch.nn.Module,
+    tokenizer,
+    train_rows: list[dict],
+    peft_task: str,
+    before: HeldOutBefore | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments shared by TRL's SFTTrainer / RewardTrainer / DPOTrainer: the stage's callbacks (and
+    `before`, see HeldOutBefore), model, training rows as a Dataset, tokenizer, and its LoRA (`cfg.lora`)
+    as a peft config of task type `peft_task` when enabled."""
+    import datasets
+
+    return dict(
+        callbacks=stage_callbacks(ctx, cfg) + ([before] if before else []),
+        model=model,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg.lora, peft_task),
+    )
 
 
 def batch_arguments(batch_size: int, micro_batch_size: int | None) -> dict[str, int]:

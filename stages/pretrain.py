@@ -12,7 +12,6 @@ from typing import Any, Literal
 import torch
 
 from pipeline.chat import use_template
-from pipeline.config import LEARNED_POSITION_FAMILIES, ModelConfig, TrainingConfig, check_range, input_field
 from pipeline.config_schema import InvalidValue
 from pipeline.data import TEXT, check_sources, train_and_eval
 from pipeline.errors import ConfigError
@@ -27,6 +26,13 @@ from pipeline.models import (
     train_bpe_tokenizer,
     train_encoder_tokenizer,
     train_seq2seq_tokenizer,
+)
+from pipeline.stage_config import (
+    LEARNED_POSITION_FAMILIES,
+    ModelConfig,
+    TrainingConfig,
+    check_range,
+    input_field,
 )
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import (
+from pipeline.data import PREFERENCE, check_sources
+from pipeline.stage_config import (
     LoraConfig,
     TrainingConfig,
     check_at_least,
@@ -12,16 +13,14 @@ from pipeline.config import (
     check_source,
     input_field,
 )
-from pipeline.data import PREFERENCE, check_sources
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     last_checkpoint,
-    peft_config,
     rows_tokenizer_and_model,
     save_trained,
-    stage_callbacks,
     trainer_arguments,
+    trl_trainer_kwargs,
     truncation,
 )
 
@@ -57,7 +56,6 @@ def check(cfg: RewardStageConfig) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
-    import datasets
     from trl import RewardConfig, RewardTrainer
 
     cfg: RewardStageConfig = ctx.config
@@ -73,12 +71,7 @@ def run(ctx: StageContext) -> StageResult:
         dataset_num_proc=None,
     )
     trainer = RewardTrainer(
-        callbacks=stage_callbacks(ctx, cfg),
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(train_rows),
-        processing_class=tokenizer,
-        peft_config=peft_config(cfg.lora, "SEQ_CLS"),
+        args=args, **trl_trainer_kwargs(ctx, cfg, model, tokenizer, train_rows, "SEQ_CLS")
     )
     metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["chosen", "rejected"])
     if eval_rows:

@@ -8,17 +8,16 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.chat import assistant_tokens
-from pipeline.config import LoraConfig, TrainingConfig, check_positive, check_source, input_field
 from pipeline.data import PROMPT_COMPLETION, check_sources, is_conversational
+from pipeline.stage_config import LoraConfig, TrainingConfig, check_positive, check_source, input_field
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     HeldOutBefore,
     last_checkpoint,
-    peft_config,
     rows_tokenizer_and_model,
     save_trained,
-    stage_callbacks,
     trainer_arguments,
+    trl_trainer_kwargs,
     truncation,
     truncation_metrics,
 )
@@ -83,13 +82,9 @@ def run(ctx: StageContext) -> StageResult:
     else:
         metrics = truncation(train_rows, tokenizer, cfg.max_length, ctx.name, ["completion"])
     trainer = SFTTrainer(
-        callbacks=stage_callbacks(ctx, cfg) + ([before] if before else []),
-        model=model,
         args=args,
-        train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=peft_config(cfg.lora, "CAUSAL_LM"),
+        **trl_trainer_kwargs(ctx, cfg, model, tokenizer, train_rows, "CAUSAL_LM", before),
     )
     train_loss = trainer.train(resume_from_checkpoint=last_checkpoint(ctx)).training_loss
     if before:

@@ -1,7 +1,7 @@
 """Supervised task fine-tuning: sequence classification on {"text","label"}, token classification (BIO
 sequence labelling) on {"tokens","tags"}, or seq2seq on {"source","target"}. Scored on held-out rows with
-the project's `evaluate` metrics (metrics/) before and after training, beside a trivial baseline: the
-majority class, all-O tags, or the source copied."""
+the project's `evaluate` metrics (stages/task_metrics/) before and after training, beside a trivial
+baseline: the majority class, all-O tags, or the source copied."""
 
 from __future__ import annotations
 
@@ -12,14 +12,6 @@ from typing import Literal
 
 import torch
 
-from pipeline.config import (
-    LEARNED_POSITION_FAMILIES,
-    LoraConfig,
-    ModelConfig,
-    TrainingConfig,
-    check_positive,
-    input_field,
-)
 from pipeline.config_schema import InvalidValue
 from pipeline.data import CLASSIFICATION, SOURCE_TARGET, TOKEN_TAGS, load_rows, train_and_eval
 from pipeline.errors import DataError
@@ -31,6 +23,14 @@ from pipeline.models import (
     t5_config,
     train_encoder_tokenizer,
     train_seq2seq_tokenizer,
+)
+from pipeline.stage_config import (
+    LEARNED_POSITION_FAMILIES,
+    LoraConfig,
+    ModelConfig,
+    TrainingConfig,
+    check_positive,
+    input_field,
 )
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
@@ -255,7 +255,7 @@ def build(cfg: TaskStageConfig, ctx: StageContext, train_rows: list[dict], names
 def run(ctx: StageContext) -> StageResult:
     from transformers import Trainer, TrainingArguments
 
-    import metrics as project_metrics
+    from stages import task_metrics
 
     cfg: TaskStageConfig = ctx.config
     train_rows, eval_rows = train_and_eval(
@@ -273,7 +273,7 @@ def run(ctx: StageContext) -> StageResult:
     train_items, eval_items = (encode(rows, tokenizer, cfg, names) for rows in (train_rows, eval_rows))
 
     # 2. held-out metric of the trivial baseline and of the model before training
-    metric = project_metrics.load(METRICS[cfg.task])
+    metric = task_metrics.load(METRICS[cfg.task])
     refs = references(eval_rows, cfg.task)
 
     def held_out(predictions: list, prefix: str, suffix: str = "") -> dict[str, float]:

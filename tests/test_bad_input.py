@@ -34,8 +34,8 @@ TRAIN_FAST = {"max_steps": 1, "batch_size": 4, "log_every": 100}
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A from_pretrained-loadable causal LM (2 layers, 32 wide) for the stages that start from a model."""
-    from pipeline.config import ModelConfig
     from pipeline.models import build_causal_lm, save_pretrained
+    from pipeline.stage_config import ModelConfig
 
     out = tmp_path_factory.mktemp("tiny-model")
     tokenizer = train_bpe_tokenizer(TEXTS, 300)

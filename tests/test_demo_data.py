@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo_data
+from pipeline import demo
+from pipeline.demo import reviews, support
 from reward_models.gold import GOLD_SCORERS, reviews_gold, support_gold
 from reward_models.rules import arithmetic_exact, arithmetic_format, copy_exact, sort_exact
 
@@ -29,44 +30,44 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LANGUAGE_TASKS = ("reviews", "support")  # the tasks with a grammar of words and a graded gold score
 GOLD = {**GOLD_SCORERS, "arithmetic": arithmetic_exact, "copy": copy_exact, "sort": sort_exact}
 GOLD["chat"] = GOLD["reviews"]
-PLAIN_TASKS = tuple(task for task in demo_data.TASKS if task != "chat")  # "chat" holds message lists
+PLAIN_TASKS = tuple(task for task in demo.TASKS if task != "chat")  # "chat" holds message lists
 
 
 @cache
 def data(task: str, seed: int = 0) -> dict[str, list[dict]]:
-    return demo_data.generate(task, seed)
+    return demo.generate(task, seed)
 
 
 # ---------------------------------------------------------------- determinism and shape
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", demo.TASKS)
 def test_same_seed_same_data_other_seed_other_data(task):
-    assert demo_data.generate(task, seed=0) == data(task, 0)
+    assert demo.generate(task, seed=0) == data(task, 0)
     other = data(task, 1)
-    for split in demo_data.SPLITS:
+    for split in demo.SPLITS:
         assert other[split] != data(task, 0)[split], split
 
 
 def test_generate_split_matches_generate():
-    assert demo_data.generate_split("reviews", "prefs", seed=3) == data("reviews", 3)["prefs"]
+    assert demo.generate_split("reviews", "prefs", seed=3) == data("reviews", 3)["prefs"]
 
 
 def test_identical_in_a_fresh_process_with_another_hash_seed():
     code = (
-        "import hashlib, json; from pipeline.demo_data import generate_split; "
+        "import hashlib, json; from pipeline.demo import generate_split; "
         "print(hashlib.sha256(json.dumps(generate_split('support', 'sft', 7)).encode()).hexdigest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    here = hashlib.sha256(json.dumps(demo_data.generate_split("support", "sft", 7)).encode()).hexdigest()
+    here = hashlib.sha256(json.dumps(demo.generate_split("support", "sft", 7)).encode()).hexdigest()
     assert out.stdout.strip() == here, out.stderr
 
 
 @pytest.mark.parametrize("task", PLAIN_TASKS)
 def test_split_sizes_and_fields(task):
     splits = data(task)
-    assert tuple(splits) == demo_data.SPLITS
+    assert tuple(splits) == demo.SPLITS
     for split, rows in splits.items():
-        assert len(rows) == demo_data.SIZES[split], split
+        assert len(rows) == demo.SIZES[split], split
         assert all(set(row) == FIELDS[split] for row in rows), split
         assert all(isinstance(value, str) and value for row in rows for value in row.values()), split
 
@@ -94,7 +95,7 @@ def test_chat_splits_are_the_reviews_task_as_conversations():
     )
 
     splits, reviews = data("chat"), data("reviews")
-    assert tuple(splits) == demo_data.SPLITS and splits["corpus"] == reviews["corpus"]
+    assert tuple(splits) == demo.SPLITS and splits["corpus"] == reviews["corpus"]
     formats = {
         "sft": PROMPT_COMPLETION,
         "prefs": PREFERENCE,
@@ -102,12 +103,12 @@ def test_chat_splits_are_the_reviews_task_as_conversations():
         "eval_prompts": PROMPT_ONLY,
     }
     for split, columns in formats.items():
-        assert len(splits[split]) == demo_data.SIZES[split]
+        assert len(splits[split]) == demo.SIZES[split]
         assert columns in CONVERSATIONAL
         for n, row in enumerate(splits[split]):
             check_conversation_row(row, columns, f"{split} row {n}")
             first = row.get("messages") or row["prompt"]
-            assert first[0] == {"role": "system", "content": demo_data.CHAT_SYSTEM}
+            assert first[0] == {"role": "system", "content": demo.CHAT_SYSTEM}
     # about 30% of conversations hold an earlier exchange: two assistant turns in SFT
     replies = [sum(m["role"] == "assistant" for m in row["messages"]) for row in splits["sft"]]
     assert set(replies) == {1, 2} and 0.25 < replies.count(2) / len(replies) < 0.35
@@ -118,7 +119,7 @@ def test_chat_splits_are_the_reviews_task_as_conversations():
 
 
 # ---------------------------------------------------------------- held-out evaluation prompts
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", demo.TASKS)
 def test_eval_prompts_unique_and_disjoint_from_training(task):
     from pipeline.chat import display
 
@@ -136,8 +137,8 @@ def test_eval_prompts_unique_and_disjoint_from_training(task):
 def _held_out_things(task: str) -> list[str]:
     """The subjects (reviews) or customer issues (support) that the eval prompts are about."""
     if task == "reviews":
-        return [s for family in demo_data._FAMILIES.values() for s in family.subjects]
-    return list(demo_data._ISSUES)
+        return [s for family in reviews.FAMILIES.values() for s in family.subjects]
+    return list(support.ISSUES)
 
 
 @pytest.mark.parametrize("task", LANGUAGE_TASKS)
@@ -155,7 +156,7 @@ def test_eval_subjects_never_seen_in_training_prompts(task):
 
 
 # ---------------------------------------------------------------- preferences and SFT statistics
-@pytest.mark.parametrize("task", demo_data.TASKS)
+@pytest.mark.parametrize("task", demo.TASKS)
 def test_prefs_are_gold_ranked_with_about_ten_percent_noise(task):
     prefs = data(task)["prefs"]
     gold = GOLD[task]
@@ -275,7 +276,7 @@ def test_digit_task_sft_answers_are_right_about_half_the_time(task):
 
 def test_arithmetic_held_out_results_cover_every_residue():
     """The hold-out rule must not be a function of the result (as (left + right) % 4 would be)."""
-    eval_results = [int(result) for _, result in demo_data._SPECS["arithmetic"].eval_pool]
+    eval_results = [int(result) for _, result in demo.SPECS["arithmetic"].eval_pool]
     assert len(eval_results) > 2000
     assert {r % 4 for r in eval_results} == {0, 1, 2, 3}
     assert len(set(eval_results)) == 100
@@ -333,15 +334,15 @@ def test_gold_accepts_conversational_completions_and_extra_kwargs():
 
 def test_every_support_reply_phrase_scores_as_its_category():
     expected = {"apology": 1.0, "action": 1.5, "thanks": 0.5, "rude": -1.5, "neutral": 0.0}
-    for category, phrases in demo_data._REPLY_PHRASES.items():
+    for category, phrases in support.REPLY_PHRASES.items():
         for phrase in phrases:
             assert support_gold([""], [f" {phrase} ."]) == [expected[category]], phrase
 
 
 # ---------------------------------------------------------------- files and errors
 def test_write_round_trips_through_json(tmp_path):
-    paths = demo_data.write("reviews", tmp_path / "demo", seed=2)
-    assert set(paths) == set(demo_data.SPLITS)
+    paths = demo.write("reviews", tmp_path / "demo", seed=2)
+    assert set(paths) == set(demo.SPLITS)
     for split, path in paths.items():
         assert path == tmp_path / "demo" / f"{split}.jsonl"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -350,6 +351,6 @@ def test_write_round_trips_through_json(tmp_path):
 
 def test_unknown_task_or_split_names_the_valid_ones():
     with pytest.raises(ValueError, match="reviews, support"):
-        demo_data.generate("weather")
+        demo.generate("weather")
     with pytest.raises(ValueError, match="corpus, sft, prefs, prompts, eval_prompts"):
-        demo_data.generate_split("reviews", "test")
+        demo.generate_split("reviews", "test")

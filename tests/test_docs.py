@@ -7,7 +7,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from pipeline.config import EvaluationConfig, PipelineConfig
+from pipeline.config import PipelineConfig
+from pipeline.evaluation.config import EvaluationConfig
 from stages import config_class, known_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +54,33 @@ def test_every_config_key_is_named_in_the_docs():
         if key.rsplit(".", 1)[-1] not in named
     ]
     assert not missing, "config keys no README or docs page names:\n" + "\n".join(missing)
+
+
+def module_map() -> str:
+    text = (ROOT / "docs" / "design.md").read_text()
+    return text[text.index("## Module map") : text.index("## Configuration")]
+
+
+def test_the_module_map_names_every_module_of_the_tree():
+    """A module is named by its path, by its file name on the row of a sibling (`a/x.py`, `y.py`), or by a
+    folder row (`pipeline/demo/`) that describes the whole package."""
+    rows = module_map().splitlines()
+    missing = []
+    for package in ("pipeline", "stages", "reward_models"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            folder = relative.rpartition("/")[0]
+            named = any(
+                f"`{relative}`" in row
+                or (f"`{path.name}`" in row and f"`{folder}/" in row)
+                or any(f"`{parent}/`" in row for parent in _parents(folder))
+                for row in rows
+            )
+            if not named and path.name not in ("__init__.py", "__main__.py"):
+                missing.append(relative)
+    assert missing == []
+
+
+def _parents(folder: str) -> list[str]:
+    parts = folder.split("/")
+    return ["/".join(parts[:n]) for n in range(2, len(parts) + 1)]

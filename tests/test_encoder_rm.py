@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ModelConfig, load_config
+from pipeline.config import load_config
+from pipeline.demo.reviews import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
 from pipeline.errors import UserError
 from pipeline.models import build_masked_lm, save_pretrained, sequence_scores, token_scores
-from reward_models.gold import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
+from pipeline.stage_config import ModelConfig
 from reward_models.learned import LearnedRewardModel
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-encoder-rm.yaml"
@@ -24,7 +25,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-encoder-rm.yaml
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT masked LM with its own tokenizer, saved like a pretrain stage."""
-    from pipeline.demo_data import generate_split
+    from pipeline.demo import generate_split
     from pipeline.models import train_encoder_tokenizer
 
     tokenizer = train_encoder_tokenizer([r["text"] for r in generate_split("reviews", "corpus")[:400]], 300)

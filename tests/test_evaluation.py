@@ -14,24 +14,33 @@ import pytest
 from pipeline.cli import eval_overrides
 from pipeline.config import load_config
 from pipeline.diversity import distinct_n, unique_fraction
-from pipeline.evaluation import evaluate
+from pipeline.evaluation.evaluate import evaluate
 from pipeline.runner import Runner
 
 PROMPTS, SAMPLES_PER_PROMPT = 8, 2
 SNAPSHOTS = [  # constructed: the proxy keeps rising while gold peaks at step 4
-    {"step": 2, "episodes": 64, "kl": 0.5, "rewards": {"reward_model": 0.2, "gold": 0.1}, "path": None},
+    {
+        "step": 2,
+        "episodes": 64,
+        "rewards": {"reward_model": 0.2, "gold": 0.1},
+        "kl": 0.5,
+        "response_length": 9.0,
+        "path": None,
+    },
     {
         "step": 4,
         "episodes": 128,
-        "kl": 1.5,
         "rewards": {"reward_model": 0.6, "gold": 0.8},
+        "kl": 1.5,
+        "response_length": 8.0,
         "path": "snapshots/step-000004",
     },
     {
         "step": 6,
         "episodes": 192,
-        "kl": 3.0,
         "rewards": {"reward_model": 0.9, "gold": 0.3},
+        "kl": 3.0,
+        "response_length": 7.0,
         "path": "snapshots/step-000006",
     },
 ]
@@ -44,6 +53,8 @@ def evaluated(tiny_run: Path, tmp_path_factory) -> tuple[dict, list[dict], Path]
     run = tmp_path_factory.mktemp("evaluation") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval", ".*"))
     shutil.copytree(run / "sft", run / "ppo" / "snapshots" / "step-000004")
+    # Everything the evaluation knows of the candidate's training it reads from the candidate's folder.
+    (run / "ppo" / "snapshots.json").write_text(json.dumps(SNAPSHOTS))
     config = load_config(
         run / "config.yaml",
         [
@@ -55,16 +66,10 @@ def evaluated(tiny_run: Path, tmp_path_factory) -> tuple[dict, list[dict], Path]
         ],
     )
     out = run / "eval"
-    history = json.loads((run / "ppo" / "history.json").read_text())
-    metrics = evaluate(
-        config.pipeline.evaluation,
-        Runner(config, run).resolve,
-        out,
-        seed=0,
-        history=history,
-        training={"stage": "ppo", "steps": len(history)},
-        snapshots=SNAPSHOTS,
-    )
+    result = evaluate(config.pipeline.evaluation, Runner(config, run).resolve, out, seed=0)
+    metrics = result.to_dict()
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    assert result.training["stage"] == "ppo" and result.training["steps"] > 0  # from ppo/rlhf_stage.json
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     return metrics, samples, out
 

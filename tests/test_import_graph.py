@@ -1,6 +1,6 @@
 """Dependencies point one way. The import graph of the source tree (every import statement, those inside
-functions included, read with `ast`) has no cycle, and the stages never import the orchestration that runs
-them (runner, CLI, comparison, evaluation and its reports)."""
+functions included, read with `ast`) has no cycle, and every import points down the layer table of
+docs/design.md (orchestration, evaluation, stages, reward sources, shared library), with no exception."""
 
 from __future__ import annotations
 
@@ -8,17 +8,31 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "stages", "reward_models", "metrics")
-ORCHESTRATION = (
-    "pipeline.cli",
-    "pipeline.runner",
-    "pipeline.compare",
-    "pipeline.evaluation",
-    "pipeline.report",
-    "pipeline.html_report",
-    "pipeline.report_writer",
-    "pipeline.rundir",
-)
+PACKAGES = ("pipeline", "stages", "reward_models")
+# Highest first; a module may import its own layer and the layers below it. The shared library is the
+# rest of pipeline/.
+LAYERS = {
+    "orchestration": (
+        "pipeline.__main__",
+        "pipeline.cli",
+        "pipeline.runner",
+        "pipeline.compare",
+        "pipeline.rundir",
+        "pipeline.config",
+    ),
+    "evaluation": ("pipeline.evaluation",),
+    "stages": ("stages",),
+    "reward sources": ("reward_models",),
+    "shared library": ("pipeline",),
+}
+
+
+def layer(module: str) -> int:
+    """The module's row in LAYERS, 0 at the top: the first row naming it or a package above it."""
+    for rank, prefixes in enumerate(LAYERS.values()):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return rank
+    raise AssertionError(f"{module} is in no layer")
 
 
 def modules() -> dict[str, Path]:
@@ -100,13 +114,18 @@ def test_the_cycle_finder_finds_one():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_the_stages_never_import_the_orchestration():
-    graph = import_graph()
+def test_every_import_points_down_the_layer_table():
+    names = list(LAYERS)
     upward = sorted(
-        f"{module} imports {target}"
-        for module, targets in graph.items()
-        if module.startswith(("stages", "reward_models", "metrics"))
+        f"{module} ({names[layer(module)]}) imports {target} ({names[layer(target)]})"
+        for module, targets in import_graph().items()
         for target in targets
-        if target in ORCHESTRATION
+        if layer(target) < layer(module)
     )
     assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer("stages.rl.stage") > layer("pipeline.evaluation.report") > layer("pipeline.runner")
+    assert layer("pipeline.demo.reviews") > layer("reward_models.gold") > layer("stages.sft")
+    assert layer("pipeline.config") < layer("pipeline.stage_config")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-import metrics
+from stages import task_metrics as metrics
 
 
 @pytest.fixture(scope="module")

@@ -181,11 +181,11 @@ def tiny_pretrain(tmp_path, **stage) -> dict:
     """Run one pretrain stage on a 400-document corpus; returns its metrics."""
     import yaml
 
-    from pipeline import demo_data
+    from pipeline import demo
     from pipeline.cli import main
 
     corpus = tmp_path / "corpus.jsonl"
-    rows = demo_data.generate_split("reviews", "corpus")[:400]
+    rows = demo.generate_split("reviews", "corpus")[:400]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     block = {"kind": "pretrain", "data": str(corpus), "eval_fraction": 0.1, "max_steps": 40, "batch_size": 32,
              "lr": 3e-3, "log_every": 100}  # fmt: skip

@@ -147,5 +147,5 @@ def test_eval_command_recomputes_the_same_numbers(tiny_run, tmp_path, capsys):
 
 def test_resolved_config_is_saved_and_reloads(tiny_run):
     saved = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    assert saved["stages"]["ppo"]["kind"] == "ppo"
+    assert saved["stages"]["ppo"]["kind"] == "rl"  # written as `kind: ppo`, saved as the kind it names
     assert load_config(tiny_run / "config.yaml").stages["sft"].max_steps == 40

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import LoraConfig, ModelConfig
 from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenizer
+from pipeline.stage_config import LoraConfig, ModelConfig
 from stages.rl.masking import place_sequence_reward
 from stages.rl.models import build_policy, build_reference, reference_mode
 from stages.rl.rewards import rollout_sequences
@@ -19,7 +19,7 @@ LORA = LoraConfig(enabled=True, r=4, alpha=8)
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
     """A randomly initialised tiny Llama with a BPE tokenizer, saved like a pretrain stage output."""
-    from pipeline.demo_data import generate_split
+    from pipeline.demo import generate_split
 
     texts = [r["text"] for r in generate_split("reviews", "corpus")[:500]]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)

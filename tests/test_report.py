@@ -1,4 +1,5 @@
-"""Tests for pipeline.report: verdict, tables, training-curve PNG and sample rendering."""
+"""Tests for the evaluation's report (pipeline/evaluation/: verdict, report, markdown, html, plots, writer):
+verdict sentences, tables, training-curve PNGs and sample rendering, from metrics.json-shaped dicts."""
 
 import re
 import subprocess
@@ -6,10 +7,31 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import format_table, format_warnings, plot_training_curves, render_markdown
-from pipeline.report_writer import write_report
+from pipeline.evaluation import report as report_module
+from pipeline.evaluation.html import render_html
+from pipeline.evaluation.markdown import render_markdown
+from pipeline.evaluation.plots import plot_training_curves
+from pipeline.evaluation.report import build_report
+from pipeline.evaluation.result import EvaluationResult
+from pipeline.evaluation.writer import write_report as write_result_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def markdown(metrics: dict, samples: list[dict], n_examples: int = 6) -> str:
+    return render_markdown(build_report(EvaluationResult.from_dict(metrics), samples, n_examples=n_examples))
+
+
+def write_report(eval_dir: Path, metrics: dict, samples: list[dict], history: list[dict]) -> Path:
+    return write_result_report(eval_dir, EvaluationResult.from_dict(metrics), samples, history)
+
+
+def format_table(metrics: dict) -> str:
+    return report_module.format_table(EvaluationResult.from_dict(metrics))
+
+
+def format_warnings(metrics: dict) -> str:
+    return report_module.format_warnings(EvaluationResult.from_dict(metrics))
 
 
 def _estimate(mean: float, low: float, high: float, n: int = 256) -> dict:
@@ -91,7 +113,7 @@ def test_report_contains_table_settings_plot_and_improvement_verdict(tmp_path: P
 
 
 def test_verdict_when_interval_includes_zero() -> None:
-    report = render_markdown(UNCHANGED, SAMPLES, None)
+    report = markdown(UNCHANGED, SAMPLES)
     assert (
         "The PPO policy's mean gold score is 0.050 higher than the SFT policy's (95% CI -0.100 to 0.200): "
         "not distinguishable from zero" in report
@@ -100,7 +122,7 @@ def test_verdict_when_interval_includes_zero() -> None:
 
 
 def test_verdict_warns_when_proxy_rises_but_gold_does_not() -> None:
-    report = render_markdown(HACKED, SAMPLES, None)
+    report = markdown(HACKED, SAMPLES)
     assert "mean gold score is 0.020 lower than the SFT policy's (95% CI -0.200 to 0.160)" in report
     warning = "Yet the reward_model score rose by 0.800 (95% CI 0.600 to 1.000) while the gold score did not"
     assert warning in report
@@ -109,7 +131,7 @@ def test_verdict_warns_when_proxy_rises_but_gold_does_not() -> None:
 
 def test_verdict_without_gold_scorer_judges_the_proxy_and_says_so() -> None:
     metrics = _metrics(None, _estimate(0.5, 0.25, 0.75, 128))
-    report = render_markdown(metrics, SAMPLES, None)
+    report = markdown(metrics, SAMPLES)
     assert "mean reward_model score is 0.500 higher than the SFT policy's (95% CI 0.250 to 0.750)" in report
     assert "no gold scorer" in report
     assert "reward: gold" not in report
@@ -117,8 +139,8 @@ def test_verdict_without_gold_scorer_judges_the_proxy_and_says_so() -> None:
 
 def test_verdict_for_a_real_decline() -> None:
     metrics = _metrics(_estimate(-0.4, -0.6, -0.2, 128), _estimate(-0.1, -0.3, 0.1, 128))
-    assert "0.400 lower than the SFT policy's (95% CI -0.600 to -0.200): a real decline." in render_markdown(
-        metrics, [], None
+    assert "0.400 lower than the SFT policy's (95% CI -0.600 to -0.200): a real decline." in markdown(
+        metrics, []
     )
 
 
@@ -139,7 +161,7 @@ def test_plot_tolerates_rows_without_kl(tmp_path: Path) -> None:
 
 
 def test_samples_side_by_side_for_first_prompts_with_rewards() -> None:
-    report = render_markdown(IMPROVED, SAMPLES, None, n_examples=2)
+    report = markdown(IMPROVED, SAMPLES, n_examples=2)
     assert "**Prompt 1.** `prompt 0`" in report and "**Prompt 2.** `prompt 1`" in report
     assert "prompt 2" not in report
     # The lowest sample_index per policy is shown, though sample 1 came first in the list.
@@ -165,7 +187,7 @@ def test_pipe_in_completion_is_escaped_and_backticks_survive() -> None:
             "sample_index": 0,
         },
     ]
-    report = render_markdown(IMPROVED, samples, None)
+    report = markdown(IMPROVED, samples)
     assert "| completion | `x \\| y` | ``use `ls`\\nthen`` |" in report
     assert "x | y" not in report
 
@@ -197,7 +219,7 @@ def test_format_table_is_aligned_plain_text() -> None:
 
 def test_negative_zero_is_printed_as_zero() -> None:
     metrics = _metrics(_estimate(-0.0001, -0.2, 0.2, 128), _estimate(0.0, -0.1, 0.1, 128))
-    report = render_markdown(metrics, [], None)
+    report = markdown(metrics, [])
     assert "-0.000" not in report
     assert "0.000 lower" in report
 
@@ -301,3 +323,35 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert shot.read_bytes().startswith(PNG_MAGIC)
     # Page problems reach the log as console messages (a failed fetch, a script error); there are none.
     assert "CONSOLE" not in result.stderr and "Failed to load resource" not in result.stderr
+
+
+def test_metrics_json_round_trips_through_the_typed_result() -> None:
+    metrics = _full_metrics()
+    for snapshot in metrics["snapshots"]:
+        snapshot["response_length"] = 9.0
+    metrics["best_checkpoint"] = {**metrics["snapshots"][1], "stage": "ppo", "judged_by": "gold"}
+    for policy in metrics["policies"].values():
+        policy["source"] = "x"
+    result = EvaluationResult.from_dict(metrics)
+    assert result.best_checkpoint.snapshot.step == 2 and result.policies["base"].distinct == {
+        1: 0.25,
+        2: 0.875,
+    }
+    again = EvaluationResult.from_dict(result.to_dict())
+    assert again == result and again.to_dict() == result.to_dict()
+
+
+def test_markdown_and_html_render_one_report() -> None:
+    """Every sentence, table cell and sample of the Report appears in both files, so they cannot disagree."""
+    report = build_report(EvaluationResult.from_dict(_full_metrics()), SAMPLES, n_examples=3)
+    md, html_page = render_markdown(report), render_html(report)
+    escaped = html_page.replace("&#x27;", "'").replace("&quot;", '"')
+    texts = [report.title, report.verdict, report.warnings_intro, report.results_intro]
+    texts += [w.message for w in report.warnings]
+    texts += [cell for table in (report.results, report.checkpoints) for row in table.rows for cell in row]
+    texts += [f"{key}" for key in report.settings] + list(report.settings.values())
+    texts += [cell.completion for example in report.examples for cell in example.cells]
+    assert report.best_checkpoint and report.best_checkpoint.replace("`", "") in escaped
+    for text in texts:
+        assert text in md.replace("\\|", "|"), text
+        assert text.replace("<", "&lt;").replace(">", "&gt;") in escaped, text

@@ -116,7 +116,7 @@ def test_a_bad_reward_function_stops_the_run_naming_it(tiny_run, tmp_path, name,
 def test_a_reward_model_with_a_different_tokenizer_scores_the_decoded_text(tiny_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
-    from pipeline.demo_data import generate_split
+    from pipeline.demo import generate_split
     from pipeline.models import save_pretrained, train_bpe_tokenizer
     from reward_models.learned import LearnedRewardModel
     from stages.rl.rewards import build_reward_mix
@@ -259,7 +259,7 @@ def test_micro_batches_accumulate_to_the_same_update(tiny_run, tmp_path, overrid
 
 
 def test_with_lora_the_value_model_trains_an_adapter_and_its_head_only(tiny_run):
-    from pipeline.config import LoraConfig
+    from pipeline.stage_config import LoraConfig
     from stages.rl.models import build_value_model
 
     model = build_value_model(str(tiny_run / "sft"), False, lora=LoraConfig(enabled=True, r=4, alpha=8))

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import LoraConfig, ModelConfig, load_config
+from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenizer
 from pipeline.runner import run_standalone
+from pipeline.stage_config import LoraConfig, ModelConfig
 from stages.rl import algorithms
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.experience import values_of
@@ -126,7 +127,7 @@ def test_dtype_bfloat16_keeps_pure_bf16_weights_when_asked(bf16_checkpoint):
 # ---------------------------------------------------------------- M2: no dropout in the update passes
 @pytest.fixture(scope="module")
 def tokenizer():
-    from pipeline.demo_data import generate_split
+    from pipeline.demo import generate_split
 
     return train_bpe_tokenizer([r["text"] for r in generate_split("reviews", "corpus")[:300]], vocab_size=300)
 

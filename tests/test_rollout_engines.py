@@ -198,6 +198,6 @@ def test_a_rollout_engine_that_needs_a_whole_model_is_refused_with_a_sharded_eng
 def test_the_config_offers_exactly_the_engines_there_are():
     """pipeline/config.py names the engines without importing the stages (the layer rule); this keeps the
     two lists one."""
-    from pipeline.config import ROLLOUT_ENGINES
+    from pipeline.stage_config import ROLLOUT_ENGINES
 
     assert sorted(ROLLOUT_ENGINES) == sorted(ENGINES)

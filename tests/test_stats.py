@@ -1,4 +1,4 @@
-"""Tests for pipeline.stats: bootstrap means and paired (cluster) bootstrap differences."""
+"""Tests for pipeline.evaluation.stats: bootstrap means and paired (cluster) bootstrap differences."""
 
 import math
 import time
@@ -6,7 +6,13 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.stats import Estimate, bootstrap_mean, bootstrap_ratio, paired_bootstrap_difference, win_rate
+from pipeline.evaluation.stats import (
+    Estimate,
+    bootstrap_mean,
+    bootstrap_ratio,
+    paired_bootstrap_difference,
+    win_rate,
+)
 
 
 def test_constant_values_give_zero_width_interval() -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo_data
+from pipeline import demo
 from pipeline.data import CLASSIFICATION, SOURCE_TARGET, TOKEN_TAGS, check_row
+from pipeline.demo import supervised
+from pipeline.demo.reviews import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
 from pipeline.errors import DataError
-from reward_models.gold import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
 
 TINY_BERT = {"family": "bert", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
              "vocab_size": 300}  # fmt: skip
@@ -59,28 +60,28 @@ def test_valid_task_rows_pass():
     check_row({"tokens": ["a", "b"], "tags": ["B-X", "O"]}, TOKEN_TAGS, "x")
 
 
-@pytest.mark.parametrize("task", demo_data.SUPERVISED_TASKS)
+@pytest.mark.parametrize("task", demo.SUPERVISED_TASKS)
 def test_demo_tasks_have_disjoint_train_and_test_splits(task):
-    splits = demo_data.generate(task)
-    assert {k: len(v) for k, v in splits.items()} == demo_data.SUPERVISED_SIZES
+    splits = demo.generate(task)
+    assert {k: len(v) for k, v in splits.items()} == demo.SUPERVISED_SIZES
     train = {json.dumps(r) for r in splits["train"]}
     assert not any(json.dumps(r) in train for r in splits["test"])
 
 
 def test_demo_rows_by_hand():
-    row = demo_data._summary_row(random.Random(0))
+    row = supervised.summary_row(random.Random(0))
     assert row == {
         "source": "review of the first poetry book : i read it on the train and it has four hundred pages , "
         "and the cover was cheap .",
         "target": "poetry book : cover bad",  # neutral clauses say nothing; "the train" is no aspect
     }
-    review = demo_data._tagged_review(random.Random(0))  # the same review, tagged
+    review = supervised.tagged_review(random.Random(0))  # the same review, tagged
     tagged = {t: tag for t, tag in zip(review.tokens, review.tags) if tag != "O"}
     assert tagged == {"poetry": "B-PRODUCT", "book": "I-PRODUCT", "cover": "B-ASPECT"}
-    opinions = demo_data._tagged_review(random.Random(3)).opinions
+    opinions = supervised.tagged_review(random.Random(3)).opinions
     # "the battery was very poor , but the case is very perfect , but it seems weak ."
     assert opinions == [("battery", "bad"), ("case", "good"), ("it", "bad")]
-    labels = {r["label"] for r in demo_data.generate_split("sentiment", "test")}
+    labels = {r["label"] for r in demo.generate_split("sentiment", "test")}
     assert labels == {"positive", "negative", "neutral"}
 
 
@@ -171,8 +172,8 @@ def test_token_classification_beats_all_o_tags(tmp_path):
         tmp_path,
         "ner",
         task="token_classification",
-        data=write_jsonl(tmp_path / "train.jsonl", demo_data.generate_split("ner", "train")[:600]),
-        eval_data=write_jsonl(tmp_path / "test.jsonl", demo_data.generate_split("ner", "test")[:100]),
+        data=write_jsonl(tmp_path / "train.jsonl", demo.generate_split("ner", "train")[:600]),
+        eval_data=write_jsonl(tmp_path / "test.jsonl", demo.generate_split("ner", "test")[:100]),
         model=TINY_BERT,
         max_steps=60,
     )
@@ -187,8 +188,8 @@ def test_seq2seq_trains_a_t5_and_scores_bleu_and_chrf(tmp_path):
         tmp_path,
         "summary",
         task="seq2seq",
-        data=write_jsonl(tmp_path / "train.jsonl", demo_data.generate_split("summary", "train")[:300]),
-        eval_data=write_jsonl(tmp_path / "test.jsonl", demo_data.generate_split("summary", "test")[:40]),
+        data=write_jsonl(tmp_path / "train.jsonl", demo.generate_split("summary", "train")[:300]),
+        eval_data=write_jsonl(tmp_path / "test.jsonl", demo.generate_split("summary", "test")[:40]),
         model=TINY_BERT | {"family": "t5"},
         max_steps=40,
         max_new_tokens=12,

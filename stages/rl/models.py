@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline.config import LoraConfig
 from pipeline.models import backbone, is_peft, load_model, without_peft_wrapper
+from pipeline.stage_config import LoraConfig
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

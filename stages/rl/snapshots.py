@@ -16,6 +16,7 @@ from stages.rl.rewards import RewardMix
 from stages.rl.rollout import batched_response_logprobs, sample
 
 FOLDER = "snapshots"
+SNAPSHOTS_FILE = "snapshots.json"  # the records, published in the stage's folder
 
 
 class Snapshotter:

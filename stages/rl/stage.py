@@ -21,7 +21,12 @@ from tqdm.auto import tqdm
 
 from pipeline import distributed, diversity
 from pipeline.chat import render_prompt, use_template
-from pipeline.config import (
+from pipeline.config_schema import InvalidValue, to_dict
+from pipeline.data import PROMPT_ONLY, is_conversational, load_rows
+from pipeline.errors import ConfigError, UserError
+from pipeline.log import log
+from pipeline.models import load_tokenizer
+from pipeline.stage_config import (
     LoraConfig,
     RolloutConfig,
     StageConfig,
@@ -32,11 +37,6 @@ from pipeline.config import (
     check_range,
     input_field,
 )
-from pipeline.config_schema import InvalidValue, to_dict
-from pipeline.data import PROMPT_ONLY, is_conversational, load_rows
-from pipeline.errors import ConfigError, UserError
-from pipeline.log import log
-from pipeline.models import load_tokenizer
 from reward_models.functions import load_reward_function
 from reward_models.learned import LearnedRewardModel
 from stages.base import StageContext, StageResult
@@ -57,7 +57,7 @@ from stages.rl.rollout import (
     left_pad,
     stop_token_ids,
 )
-from stages.rl.snapshots import Snapshotter
+from stages.rl.snapshots import SNAPSHOTS_FILE, Snapshotter
 from stages.rl.update import UpdateBatch, UpdateSettings, update
 from stages.tracking import log_run_files, run_files, set_locations, tracker_keys
 
@@ -77,7 +77,7 @@ class RLStageConfig(StageConfig):
     shared_value_head: bool = False  # PPO: the value head on the policy's trunk instead of a second model
     # replicated: whole models on every process; fsdp2: every model sharded over the processes (engine.py)
     engine: str = "replicated"
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # the generation engine: hf | paged
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # generation engine: hf | compiled | paged
     # Truncated importance sampling: when the rollout engine is not the trainer's own forward (paged), each
     # token's policy-gradient term is weighted by min(pi_trainer / pi_sampler, tis_cap). null: off.
     tis_cap: float | None = 2.0
@@ -98,7 +98,9 @@ class RLStageConfig(StageConfig):
     stop_token: str | None = None  # None: the tokenizer's EOS
     kl_coef: float | None = None  # None: the algorithm's (0.05; 0 for dapo, dr_grpo, gspo, cispo); 0: off
     kl_estimator: Literal["k1", "k2", "k3"] | None = None  # None: k1 as a reward penalty, k3 as a loss term
-    kl_in_loss: bool | None = None  # None: in the loss for GRPO, a per-token reward penalty otherwise
+    # None: the algorithm's: in the loss for grpo, dr_grpo, gspo, cispo and reinforce_pp_baseline,
+    # a per-token reward penalty otherwise (stages/rl/algorithms.py)
+    kl_in_loss: bool | None = None
     adaptive_kl: bool = False
     kl_target: float = 6.0
     kl_horizon: int = 10000
@@ -651,7 +653,7 @@ def run(ctx: StageContext) -> StageResult:
     engine.save(models.policy, tokenizer, ctx.out_dir)
     if distributed.is_main():
         if snapshots is not None:
-            (ctx.out_dir / "snapshots.json").write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
+            (ctx.out_dir / SNAPSHOTS_FILE).write_text(json.dumps(snapshots.publish(ctx.out_dir), indent=1))
     distributed.barrier()
     history = state.history
     window = max(1, len(history) // 4)

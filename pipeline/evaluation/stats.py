@@ -23,9 +23,22 @@ class Estimate:
     ci_low: float
     ci_high: float
     n: int
+    samples: int | None = None  # the values behind it, when they are more than the units (samples per prompt)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+        counts = {"n": self.n} if self.samples is None else {"n": self.n, "samples": self.samples}
+        return {"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, **counts}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Estimate:
+        samples = data.get("samples")
+        return cls(
+            mean=float(data["mean"]),
+            ci_low=float(data["ci_low"]),
+            ci_high=float(data["ci_high"]),
+            n=int(data.get("n", 0)),
+            samples=None if samples is None else int(samples),
+        )
 
     def excludes_zero(self) -> bool:
         """True when the whole interval lies strictly on one side of zero."""

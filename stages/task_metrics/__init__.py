@@ -1,5 +1,6 @@
-"""The project's metrics as `evaluate` modules, one folder each, loaded offline from this package:
-`metrics.load("accuracy_f1")` is `evaluate.load("<this folder>/accuracy_f1")` (hub metrics cannot be fetched).
+"""The task stage's metrics as `evaluate` modules, one folder each, loaded offline from this package:
+`task_metrics.load("accuracy_f1")` is `evaluate.load("<this folder>/accuracy_f1")` (hub metrics cannot be
+fetched).
 
 evaluate copies a metric script into its module cache and scans it for imports; its scanner misreads
 `import a, b`, so the scripts keep one import per line and import nothing from this project.
