@@ -44,7 +44,7 @@ def build_policy(out: Path, size: str) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from pipeline.data import load_rows
-    from pipeline.models import train_bpe_tokenizer
+    from pipeline.tokenizer_training import train_bpe_tokenizer
 
     folder = out / "policy"
     if (folder / "config.json").exists():

@@ -16,23 +16,20 @@ from pipeline.config_schema import InvalidValue
 from pipeline.data import TEXT, check_sources, train_and_eval
 from pipeline.errors import ConfigError
 from pipeline.log import log
-from pipeline.models import (
-    build_causal_lm,
-    build_masked_lm,
-    build_seq2seq_lm,
-    load_model,
-    load_tokenizer,
-    sentinel_ids,
-    train_bpe_tokenizer,
-    train_encoder_tokenizer,
-    train_seq2seq_tokenizer,
-)
+from pipeline.model_building import build_causal_lm, build_masked_lm, build_seq2seq_lm
+from pipeline.models import load_model, load_tokenizer
 from pipeline.stage_config import (
     LEARNED_POSITION_FAMILIES,
     ModelConfig,
     TrainingConfig,
     check_range,
     input_field,
+)
+from pipeline.tokenizer_training import (
+    sentinel_ids,
+    train_bpe_tokenizer,
+    train_encoder_tokenizer,
+    train_seq2seq_tokenizer,
 )
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (

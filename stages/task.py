@@ -16,14 +16,8 @@ from pipeline.config_schema import InvalidValue
 from pipeline.data import CLASSIFICATION, SOURCE_TARGET, TOKEN_TAGS, load_rows, train_and_eval
 from pipeline.errors import DataError
 from pipeline.log import log
-from pipeline.models import (
-    bert_config,
-    load_model,
-    load_tokenizer,
-    t5_config,
-    train_encoder_tokenizer,
-    train_seq2seq_tokenizer,
-)
+from pipeline.model_building import bert_config, t5_config
+from pipeline.models import load_model, load_tokenizer
 from pipeline.stage_config import (
     LEARNED_POSITION_FAMILIES,
     LoraConfig,
@@ -32,6 +26,7 @@ from pipeline.stage_config import (
     check_positive,
     input_field,
 )
+from pipeline.tokenizer_training import train_encoder_tokenizer, train_seq2seq_tokenizer
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     last_checkpoint,

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.models import train_bpe_tokenizer
+from pipeline.tokenizer_training import train_bpe_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [f"review {i}: this product is {'great' if i % 2 else 'bad'} and it works" for i in range(40)]
@@ -34,7 +34,8 @@ TRAIN_FAST = {"max_steps": 1, "batch_size": 4, "log_every": 100}
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A from_pretrained-loadable causal LM (2 layers, 32 wide) for the stages that start from a model."""
-    from pipeline.models import build_causal_lm, save_pretrained
+    from pipeline.model_building import build_causal_lm
+    from pipeline.models import save_pretrained
     from pipeline.stage_config import ModelConfig
 
     out = tmp_path_factory.mktemp("tiny-model")

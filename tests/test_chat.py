@@ -40,7 +40,7 @@ def chat_tokenizer():
     """A tiny BPE tokenizer with the demo's role markers as special tokens and its chat template."""
     from pathlib import Path
 
-    from pipeline.models import train_bpe_tokenizer
+    from pipeline.tokenizer_training import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(["q one a one . q two a two . be brief ."] * 20, 300)
     tokenizer.add_special_tokens({"additional_special_tokens": ROLE_MARKERS + ["<|im_start|>", "<|im_end|>"]})

@@ -15,7 +15,8 @@ import yaml
 from pipeline.config import load_config
 from pipeline.demo.reviews import NEGATIVE_ADJECTIVES, POSITIVE_ADJECTIVES
 from pipeline.errors import UserError
-from pipeline.models import build_masked_lm, save_pretrained, sequence_scores, token_scores
+from pipeline.model_building import build_masked_lm
+from pipeline.models import save_pretrained, sequence_scores, token_scores
 from pipeline.stage_config import ModelConfig
 from reward_models.learned import LearnedRewardModel
 
@@ -26,7 +27,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-encoder-rm.yaml
 def tiny_bert(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT masked LM with its own tokenizer, saved like a pretrain stage."""
     from pipeline.demo import generate_split
-    from pipeline.models import train_encoder_tokenizer
+    from pipeline.tokenizer_training import train_encoder_tokenizer
 
     tokenizer = train_encoder_tokenizer([r["text"] for r in generate_split("reviews", "corpus")[:400]], 300)
     torch.manual_seed(0)
@@ -110,7 +111,7 @@ def test_an_encoder_has_no_per_token_scores_for_a_value_head(encoder_reward_mode
 
 
 def test_rl_reward_mix_hands_an_encoder_text_in_its_own_tokenizer(encoder_reward_model):
-    from pipeline.models import train_bpe_tokenizer
+    from pipeline.tokenizer_training import train_bpe_tokenizer
     from stages.rl.rewards import build_reward_mix
 
     policy_tokenizer = train_bpe_tokenizer(["review of the kettle : it is good ."] * 10, vocab_size=280)

@@ -55,7 +55,7 @@ FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "g
 @pytest.fixture(scope="module")
 def tokenizer():
     from pipeline.demo import generate_split
-    from pipeline.models import train_bpe_tokenizer
+    from pipeline.tokenizer_training import train_bpe_tokenizer
 
     return train_bpe_tokenizer([r["text"] for r in generate_split("reviews", "corpus")[:400]], vocab_size=300)
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenizer
+from pipeline.model_building import build_causal_lm
+from pipeline.models import save_pretrained
 from pipeline.stage_config import LoraConfig, ModelConfig
+from pipeline.tokenizer_training import train_bpe_tokenizer
 from stages.rl.masking import place_sequence_reward
 from stages.rl.models import build_policy, build_reference, reference_mode
 from stages.rl.rewards import rollout_sequences

@@ -117,7 +117,8 @@ def test_a_reward_model_with_a_different_tokenizer_scores_the_decoded_text(tiny_
     from transformers import AutoModelForSequenceClassification, LlamaConfig
 
     from pipeline.demo import generate_split
-    from pipeline.models import save_pretrained, train_bpe_tokenizer
+    from pipeline.models import save_pretrained
+    from pipeline.tokenizer_training import train_bpe_tokenizer
     from reward_models.learned import LearnedRewardModel
     from stages.rl.rewards import build_reward_mix
     from stages.rl.rollout import left_pad, sample

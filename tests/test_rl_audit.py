@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.models import build_causal_lm, save_pretrained, train_bpe_tokenizer
+from pipeline.model_building import build_causal_lm
+from pipeline.models import save_pretrained
 from pipeline.runner import run_standalone
 from pipeline.stage_config import LoraConfig, ModelConfig
+from pipeline.tokenizer_training import train_bpe_tokenizer
 from stages.rl import algorithms
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.experience import values_of

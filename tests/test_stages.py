@@ -37,7 +37,7 @@ def test_ppo_raises_the_reward_model_score(tiny_run):
 
 
 def test_pretrain_packs_documents_into_full_blocks():
-    from pipeline.models import train_bpe_tokenizer
+    from pipeline.tokenizer_training import train_bpe_tokenizer
     from stages.pretrain import pack
 
     tokenizer = train_bpe_tokenizer(["a b c d e f g"] * 20, vocab_size=300)

@@ -87,7 +87,7 @@ def test_demo_rows_by_hand():
 
 # ---------------------------------------------------------------- pieces of the stage
 def test_token_labels_sit_on_the_first_sub_token_of_each_word():
-    from pipeline.models import train_encoder_tokenizer
+    from pipeline.tokenizer_training import train_encoder_tokenizer
     from stages.objectives import IGNORE
     from stages.task import TaskStageConfig as Config
     from stages.task import encode
