@@ -14,12 +14,11 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.result import EvaluationResult
 from pipeline.runner import Runner
+from stages.rl.algorithms import known_algorithms
 
 
 def choices() -> list[str]:
     """Every registered RL algorithm, and DPO."""
-    from stages.rl.algorithms import known_algorithms
-
     return [*known_algorithms(), "dpo"]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline import demo
 from pipeline.chat import check_messages, is_conversation, shared_prefix
 from pipeline.errors import DataError
 
@@ -180,8 +181,6 @@ def check_string_list(value: Any, column: str, where: str) -> None:
 def _read(source: str) -> tuple[list[Any], str, list[str]]:
     """(rows, where they came from, where each row is: 'line N' in a .jsonl file, 'row N' elsewhere)."""
     if source.startswith("demo:"):
-        from pipeline import demo
-
         task, _, split = source.removeprefix("demo:").partition("/")
         try:
             return _numbered(demo.generate_split(task, split), f"demo data '{source}'")

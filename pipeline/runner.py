@@ -30,7 +30,9 @@ from pipeline.evaluation.result import EvaluationResult
 from pipeline.log import log
 from pipeline.memory import PeakMemory
 from pipeline.rundir import CONFIG, EVAL_DIR, RunDir
-from stages.base import HISTORY_FILE, STAGE_RECORD_FILE
+from stages import stage_module
+from stages.base import HISTORY_FILE, STAGE_RECORD_FILE, StageContext
+from stages.tracking import check_installed
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 
@@ -219,8 +221,6 @@ class Runner:
     def check_before_training(self, to_run: list[str], evaluate: bool) -> None:
         """Validate every stage's data (and the evaluation's) up front: a bad file fails in seconds,
         not after the stages before it have trained."""
-        from stages import stage_module
-        from stages.tracking import check_installed
 
         for name in to_run:
             check_installed(self.nodes[name].config.report_to, name)
@@ -321,8 +321,6 @@ def execute_stage(
     node: StageNode, inputs: dict[str, str], staging: Path, work: Path, pipeline: Any, run_dir: Path | None
 ) -> Any:
     """Run one stage into `staging` (seeded, threads set) and write its metrics beside the model."""
-    from stages import stage_module
-    from stages.base import StageContext
 
     seed = node.config.seed if node.config.seed is not None else pipeline.seed
     work.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ from pipeline.errors import ConfigError, UserError
 from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
-from pipeline.stage_config import LoraConfig, TrainingConfig
+from pipeline.stage_config import TrainingConfig
 from stages.base import StageContext
+from stages.lora import peft_config
 from stages.outputs import (
     logs_dir,
     parameters_held,
@@ -308,17 +309,3 @@ class NonFiniteError(UserError):
 def newest_checkpoint(output_dir: str) -> str | None:
     sealed = sorted(Path(output_dir).glob("checkpoint-*/" + INDEX), key=lambda p: step_of(p.parent))
     return str(sealed[-1].parent) if sealed else None
-
-
-def peft_config(lora: LoraConfig, task_type: str):
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig as PeftLoraConfig
-
-    return PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type=task_type,
-    )

@@ -27,15 +27,16 @@ from pipeline.stage_config import (
     input_field,
 )
 from pipeline.tokenizer_training import train_encoder_tokenizer, train_seq2seq_tokenizer
+from stages import task_metrics
 from stages.base import StageContext, StageResult
 from stages.hf_trainer import (
     last_checkpoint,
     loss_from_model_alone,
-    peft_config,
     save_trained,
     stage_callbacks,
     trainer_arguments,
 )
+from stages.lora import peft_config
 from stages.objectives import IGNORE, pad
 
 COLUMNS = {"classification": CLASSIFICATION, "token_classification": TOKEN_TAGS, "seq2seq": SOURCE_TARGET}
@@ -249,8 +250,6 @@ def build(cfg: TaskStageConfig, ctx: StageContext, train_rows: list[dict], names
 
 def run(ctx: StageContext) -> StageResult:
     from transformers import Trainer, TrainingArguments
-
-    from stages import task_metrics
 
     cfg: TaskStageConfig = ctx.config
     train_rows, eval_rows = train_and_eval(

@@ -129,3 +129,24 @@ def test_the_layer_check_sees_an_upward_import():
     assert layer("stages.rl.stage") > layer("pipeline.evaluation.report") > layer("pipeline.runner")
     assert layer("pipeline.demo.reviews") > layer("reward_models.gold") > layer("stages.sft")
     assert layer("pipeline.config") < layer("pipeline.stage_config")
+
+
+def test_project_modules_are_imported_at_the_top():
+    """An import of the project inside a function is how a cycle hides; only the CLI has them, so that
+    `rlhf --help` starts without loading torch (its commands import what they need when they run)."""
+    inside = []
+    for name, path in modules().items():
+        if name == "pipeline.cli":
+            continue
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.level == 0:
+                    targets = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                else:
+                    continue
+                inside += [f"{name}:{node.lineno} {t}" for t in targets if t.split(".")[0] in PACKAGES]
+    assert inside == []

@@ -27,8 +27,6 @@ from reward_models.learned import LearnedRewardModel
 from stages.outputs import save_sharded, save_with_adapter
 from stages.rl.models import SharedValueHead
 
-ENGINES = ("replicated", "fsdp2")
-
 
 class Replicated:
     """Whole models on every process; gradients summed by hand (pipeline.distributed.sync_gradients)."""
@@ -127,6 +125,15 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or ())
     return [module for module in model.modules() if type(module).__name__ in names]
+
+
+ENGINE_CLASSES = {engine.name: engine for engine in (Replicated, FSDP2)}
+ENGINES = tuple(ENGINE_CLASSES)
+
+
+def is_sharded(name: str) -> bool:
+    """Whether engine `name` shards the models, so that every process must take part in each forward."""
+    return ENGINE_CLASSES[name].sharded
 
 
 def make_engine(name: str, rebuild_policy: Callable[[], torch.nn.Module], bf16: bool) -> Replicated:

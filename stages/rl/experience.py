@@ -131,7 +131,7 @@ class Sampler:
             tokenizer.pad_token_id,
             noise=SamplingNoise(self.seed, self.step, first_row, round_index),
             seed=engine_seed(self.seed, self.step, round_index, distributed.rank()),
-            synced=cfg.engine != "replicated",
+            synced=cfg.sharded,
         )
         started = time.perf_counter()
         with torch.no_grad(), self.autocast():
@@ -207,7 +207,7 @@ def greedy_baseline(
         stop_ids,
         tokenizer.pad_token_id,
         greedy=True,
-        synced=cfg.engine != "replicated",
+        synced=cfg.sharded,
     )
     text = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
     raw = models.rewards.score(greedy, prompts, text, tokenizer.eos_token_id, update=False)["total"]

@@ -16,6 +16,7 @@ import torch
 
 from pipeline.models import backbone, is_peft, load_model, without_peft_wrapper
 from pipeline.stage_config import LoraConfig
+from stages.lora import peft_config
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -39,8 +40,6 @@ def build_policy(
     policy = load_model("AutoModelForCausalLM", source, trust_remote_code, dtype)
     if lora.enabled:
         from peft import get_peft_model
-
-        from stages.hf_trainer import peft_config
 
         policy = get_peft_model(policy, peft_config(lora, "CAUSAL_LM"))
     return disable_dropout(policy)  # after peft: its LoRA dropout modules exist only now
@@ -78,8 +77,6 @@ def build_value_model(
         torch.nn.init.zeros_(model.score.weight)
     if lora is not None and lora.enabled:
         from peft import get_peft_model
-
-        from stages.hf_trainer import peft_config
 
         model = get_peft_model(model, peft_config(lora, "SEQ_CLS"))
     return disable_dropout(model)

@@ -44,7 +44,7 @@ from stages.outputs import logs_dir, parameters_held
 from stages.rl import algorithms, checkpoint, memory_plan, registry
 from stages.rl.advantages import RunningMeanBaseline
 from stages.rl.collect import PromptStream, collect
-from stages.rl.engine import ENGINES, make_engine
+from stages.rl.engine import ENGINES, is_sharded, make_engine
 from stages.rl.experience import Sampler, behaviour, build_models, greedy_baseline
 from stages.rl.generation import make_engine as make_rollout_engine
 from stages.rl.health import HealthMonitor
@@ -143,6 +143,11 @@ class RLStageConfig(StageConfig):
     eval_gold: str | None = None  # module:function gold scorer for the snapshots (never trained on)
     save_snapshot_weights: bool = True  # keep the policy of each snapshot (to pick the best one)
 
+    @property
+    def sharded(self) -> bool:
+        """Every process holds a shard of each model (`engine: fsdp2`), so decoding must stay in step."""
+        return is_sharded(self.engine)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(
@@ -178,7 +183,7 @@ class RLStageConfig(StageConfig):
         check_choice(self, "algorithm", tuple(algorithms.known_algorithms()))
         check_choice(self, "engine", ENGINES)
         check_at_least(self, 1.0, "tis_cap")
-        if self.rollout.engine != "hf" and self.engine != "replicated":
+        if self.rollout.engine != "hf" and self.sharded:
             raise InvalidValue(
                 "rollout",
                 f"engine {self.rollout.engine!r} generates with a whole model: it needs engine: replicated "
