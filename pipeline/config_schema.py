@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -106,6 +107,9 @@ def coerce(hint: Any, value: Any, where: str) -> Any:
         return float(value)  # PyYAML (YAML 1.1) reads 3e-4 as a string
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"Config key '{where}' must be {_article(hint)}, got {_kind(value)} {value!r}.")
+    if hint is float and not math.isfinite(value):
+        # No key means anything by nan or inf, and every range check lets nan through (nan <= 0 is false).
+        raise ConfigError(f"Config key '{where}' must be a finite number, got {value}.")
     return value
 
 

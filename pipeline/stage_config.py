@@ -74,7 +74,11 @@ class LoraConfig:
     def __post_init__(self) -> None:
         check_positive(self, "r", "alpha")
         check_range(self, "dropout", 0, 1)
+        if self.target_modules == ["all-linear"]:
+            self.target_modules = "all-linear"  # peft expands the shorthand only as a plain string
         modules = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        if "all-linear" in modules and len(modules) > 1:
+            raise InvalidValue("target_modules", f"lists 'all-linear' beside module names: {modules}.")
         if not modules or not all(m.strip() for m in modules):
             raise InvalidValue(
                 "target_modules",
@@ -177,14 +181,7 @@ class TrainingConfig(StageConfig):
         check_positive_if_set(self, "checkpoint_every", "no resumable checkpoints")
         check_at_least(self, 1, "keep_checkpoints")
         check_choice(self, "lr_scheduler", LR_SCHEDULERS)
-        trackers = (*trainer_trackers(), "all", "none")
-        for name in self.report_to:
-            if name not in trackers:
-                raise InvalidValue(
-                    "report_to",
-                    f"names an unknown tracker {name!r}.{suggest(name, list(trackers))} "
-                    f"Known: {', '.join(trackers)}.",
-                )
+        check_trackers(self, (*trainer_trackers(), "all", "none"))
 
 
 # The Trainer's schedulers that need no settings beyond these keys (the others want scheduler kwargs or
@@ -198,6 +195,19 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
+
+
+def check_trackers(cfg: Any, known: tuple[str, ...]) -> None:
+    """`report_to` names only trackers in `known`; `all` and `none` stand alone (the libraries special-case
+    only the one-item lists)."""
+    for name in cfg.report_to:
+        if name not in known:
+            raise InvalidValue(
+                "report_to",
+                f"names an unknown tracker {name!r}.{suggest(name, list(known))} Known: {', '.join(known)}.",
+            )
+    if len(cfg.report_to) > 1 and {"all", "none"} & set(cfg.report_to):
+        raise InvalidValue("report_to", f"lists 'all' or 'none' beside other trackers: {cfg.report_to}.")
 
 
 def trainer_trackers() -> tuple[str, ...]:
@@ -288,7 +298,15 @@ def check_chat_template(cfg: Any) -> None:
             raise InvalidValue("chat_template", str(exc).removeprefix("chat_template ")) from exc
 
 
+def check_function_spec(name: str, spec: str | None) -> None:
+    """A `module:function` reference (a reward function or gold scorer), checked for its form at load; that
+    the module imports and has the function is checked before anything trains."""
+    module, sep, function = (spec or "").partition(":")
+    if spec is not None and not (sep and module.strip() and function.strip()):
+        raise InvalidValue(name, f"must be written as module:function, got {spec!r}.")
+
+
 def check_source(cfg: Any, name: str) -> None:
     """An input field that must be set: a stage name, a model folder or a hub id."""
-    if not getattr(cfg, name):
+    if not (getattr(cfg, name) or "").strip():
         raise InvalidValue(name, "must name a stage, a model folder or a hub id; it is empty.")

@@ -652,3 +652,43 @@ def test_every_stage_kind_is_a_module_with_a_typed_config_named_for_it_and_a_run
             kind
         )
         assert list(inspect.signature(module.run).parameters) == ["ctx"], kind
+
+
+# ---------------------------------------------------------------- values refused at load, not at build
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stages.sft.lr=.nan", "Config key 'stages.sft.lr' must be a finite number, got nan."),
+        ("stages.ppo.kl_coef=.inf", "Config key 'stages.ppo.kl_coef' must be a finite number, got inf."),
+        ("evaluation.health.kl_max=.nan", "'evaluation.health.kl_max' must be a finite number"),
+        ("stages.sft.report_to=[none, tensorboard]", "lists 'all' or 'none' beside other trackers"),
+        ("stages.ppo.report_to=[tensorbord]", "unknown tracker 'tensorbord'. Did you mean 'tensorboard'?"),
+        ("stages.ppo.policy=' '", "'stages.ppo.policy' must name a stage, a model folder or a hub id"),
+        ("stages.ppo.missing_eos_penalty=-1", "'stages.ppo.missing_eos_penalty' must be >= 0.0"),
+        (
+            "stages.ppo.total_episodes=10",
+            "(10) is less than one step's batch_size x group_size (64 x 1 = 64)",
+        ),
+        ("stages.ppo.clip_range=1.5", "'stages.ppo.clip_range_low'"),
+        ("stages.ppo.adaptive_kl=true|stages.ppo.kl_coef=0", "is 0, which adaptive_kl can only multiply"),
+        (
+            "stages.ppo.adaptive_kl=true|stages.ppo.kl_horizon=10",
+            "must exceed a fifth of the episodes per step",
+        ),
+        ("stages.ppo.reward_functions={nocolon: 1.0}", "must be written as module:function, got 'nocolon'"),
+        ("stages.sft.lora.target_modules=[all-linear, q_proj]", "lists 'all-linear' beside module names"),
+        ("evaluation.candidate=sft", "'evaluation.candidate' is the baseline ('sft')"),
+        ("evaluation.gold=reward_models.gold", "'evaluation.gold' must be written as module:function"),
+    ],
+)
+def test_a_value_that_would_fail_later_is_refused_when_the_config_loads(override, expected):
+    overrides = override.split("|")
+    if overrides[0].startswith("evaluation"):
+        overrides = ["evaluation.prompts=p.jsonl", *overrides]
+    assert expected in refused(*overrides)
+
+
+def test_all_linear_in_a_list_becomes_the_shorthand_peft_expands():
+    assert (
+        load("stages.sft.lora.target_modules=[all-linear]").stages["sft"].lora.target_modules == "all-linear"
+    )

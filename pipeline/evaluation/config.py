@@ -10,6 +10,7 @@ from pipeline.stage_config import (
     RolloutConfig,
     check_at_least,
     check_chat_template,
+    check_function_spec,
     check_positive,
     check_positive_if_set,
     check_range,
@@ -63,6 +64,13 @@ class EvaluationConfig:
         )
         check_source(self, "baseline")
         check_source(self, "candidate")
+        if self.baseline == self.candidate:
+            raise InvalidValue(
+                "candidate", f"is the baseline ({self.baseline!r}): compare two different policies."
+            )
+        check_function_spec("gold", self.gold)
+        for name, spec in self.reward_functions.items():
+            check_function_spec(f"reward_functions.{name}", spec)
         check_positive_if_set(self, "max_prompts", "all prompts")
         check_range(self, "confidence", 0, 1, low_open=True)
         check_at_least(self, 0, "n_examples")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from accelerate.utils import LoggerType
 from tqdm.auto import tqdm
 
 from pipeline import distributed, diversity
@@ -32,9 +33,12 @@ from pipeline.stage_config import (
     StageConfig,
     check_at_least,
     check_choice,
+    check_function_spec,
     check_positive,
     check_positive_if_set,
     check_range,
+    check_source,
+    check_trackers,
     input_field,
 )
 from reward_models.functions import load_reward_function
@@ -183,6 +187,19 @@ class RLStageConfig(StageConfig):
         check_choice(self, "algorithm", tuple(algorithms.known_algorithms()))
         check_choice(self, "engine", ENGINES)
         check_at_least(self, 1.0, "tis_cap")
+        check_at_least(self, 0.0, "missing_eos_penalty")  # a negative one would reward never stopping
+        check_source(self, "policy")
+        for spec in self.reward_functions:
+            check_function_spec(f"reward_functions.{spec}", spec)
+        check_function_spec("eval_gold", self.eval_gold)
+        check_trackers(self, tuple(tracker.value for tracker in LoggerType))
+        episodes_per_step = self.batch_size * self.group_size
+        if self.total_episodes < episodes_per_step:
+            raise InvalidValue(
+                "total_episodes",
+                f"({self.total_episodes}) is less than one step's batch_size x group_size "
+                f"({self.batch_size} x {self.group_size} = {episodes_per_step}).",
+            )
         if self.rollout.engine != "hf" and self.sharded:
             raise InvalidValue(
                 "rollout",
@@ -191,6 +208,17 @@ class RLStageConfig(StageConfig):
             )
         algorithm = algorithms.get_algorithm(self.algorithm)
         self.resolve_algorithm_defaults(algorithm)
+        # The ratio's lower bound 1 - clip_range_low must stay above 0, or nothing is clipped below.
+        check_range(self, "clip_range_low", 0.0, 1.0, low_open=True)
+        if self.adaptive_kl and self.kl_coef == 0:
+            raise InvalidValue("kl_coef", "is 0, which adaptive_kl can only multiply: start it above 0.")
+        if self.adaptive_kl and self.kl_horizon * 5 <= episodes_per_step:
+            # beta *= 1 + e * episodes / horizon with e down to -0.2: at or below 0 it turns negative.
+            raise InvalidValue(
+                "kl_horizon",
+                f"({self.kl_horizon}) must exceed a fifth of the episodes per step ({episodes_per_step}), or "
+                "one adaptive KL update can turn the coefficient negative.",
+            )
         if self.overlong_buffer is not None and self.overlong_buffer >= self.max_new_tokens:
             raise InvalidValue(
                 "overlong_buffer",
