@@ -116,6 +116,37 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_positions(stages: dict[str, StageConfig]) -> None:
+    """No stage feeds a model longer sequences than the learned position table of a model built from scratch
+    upstream of it (gpt2, bert): past it there is no embedding, and training fails with an index error."""
+    for name, cfg in stages.items():
+        longest = cfg.longest_sequence()
+        if longest is None:
+            continue
+        tokens, keys = longest
+        for ancestor in upstream_stages(name, stages):
+            limit = stages[ancestor].position_limit()
+            if limit is not None and tokens > limit:
+                raise ConfigError(
+                    f"Stage '{name}' feeds sequences of up to {tokens} tokens ({keys}), but stage "
+                    f"'{ancestor}' builds its model from scratch with model.max_position_embeddings {limit}, "
+                    f"a learned table with no position beyond it: raise that or lower {keys}."
+                )
+
+
+def upstream_stages(name: str, stages: dict[str, StageConfig]) -> list[str]:
+    """The stages whose output `name` starts from, directly or through others (inputs naming a stage)."""
+    found: list[str] = []
+    todo = [value for value in stage_inputs(stages[name]).values() if value in stages]
+    while todo:
+        stage = todo.pop()
+        if stage in found or stage == name:
+            continue
+        found.append(stage)
+        todo += [value for value in stage_inputs(stages[stage]).values() if value in stages]
+    return found
+
+
 def resolve_kind(name: str, block: dict[str, Any]) -> Any:
     """The stage's kind: `kind`, or the stage's name when unset; an older name (`ppo`) becomes the kind it
     stands for (`rl`, whose `algorithm` still picks what runs), so the loaded config has one name per kind."""
@@ -145,6 +176,7 @@ def load_config(
         typed[name] = build(config_class(kind), block, f"stages.{name}")
         if typed[name].seed is None:  # resolved here so the seed is saved and fingerprinted with the stage
             typed[name].seed = pipeline.seed
+    check_positions(typed)
     if pipeline.evaluation is not None and pipeline.evaluation.seed is None:
         pipeline.evaluation.seed = pipeline.seed
     return ResolvedConfig(pipeline=pipeline, stages=typed, raw=raw, source=Path(path) if path else None)

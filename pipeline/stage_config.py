@@ -128,6 +128,17 @@ class StageConfig:
         check_chat_template(self)
         self.mixed_precision = agreed_precision(self.mixed_precision, distributed.launcher_mixed_precision())
 
+    def longest_sequence(self) -> tuple[int, str] | None:
+        """(the most tokens one sequence of this stage has, the keys that set it); None when no key does.
+        A stage that cuts its sequences at `max_length` has it; others override this."""
+        max_length = getattr(self, "max_length", None)
+        return (max_length, "max_length") if isinstance(max_length, int) else None
+
+    def position_limit(self) -> int | None:
+        """The positions of the model this stage builds from scratch when they are a learned table (a longer
+        sequence has no embedding); None when it builds none or its positions have no such limit."""
+        return None
+
 
 @dataclass
 class TrainingConfig(StageConfig):

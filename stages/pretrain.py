@@ -95,6 +95,13 @@ class PretrainStageConfig(TrainingConfig):
         if self.mean_span_length < 1.0:
             raise InvalidValue("mean_span_length", f"must be >= 1, got {self.mean_span_length}.")
 
+    def longest_sequence(self) -> tuple[int, str] | None:
+        return self.block_size, "block_size"
+
+    def position_limit(self) -> int | None:
+        learned = not self.init_from and self.model.family in LEARNED_POSITION_FAMILIES
+        return self.model.max_position_embeddings if learned else None
+
 
 Config = PretrainStageConfig  # the stage registry's handle (stages/__init__.py)
 

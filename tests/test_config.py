@@ -692,3 +692,27 @@ def test_all_linear_in_a_list_becomes_the_shorthand_peft_expands():
     assert (
         load("stages.sft.lora.target_modules=[all-linear]").stages["sft"].lora.target_modules == "all-linear"
     )
+
+
+def test_a_stage_longer_than_the_learned_positions_of_a_from_scratch_model_upstream_is_refused():
+    gpt2 = ["stages.pretrain.model.family=gpt2", "stages.pretrain.model.max_position_embeddings=96"]
+    assert refused(*gpt2) == (  # sft's default max_length is 128
+        "Stage 'sft' feeds sequences of up to 128 tokens (max_length), but stage 'pretrain' builds its model "
+        "from scratch with model.max_position_embeddings 96, a learned table with no position beyond it: "
+        "raise that or lower max_length."
+    )
+    fits = [
+        *gpt2,
+        "stages.sft.max_length=96",
+        "stages.reward.max_length=96",
+        "stages.ppo.max_prompt_length=64",
+    ]
+    config = load(*fits, "stages.ppo.max_new_tokens=32")
+    assert config.stages["ppo"].longest_sequence() == (96, "max_prompt_length + max_new_tokens")
+    # ppo starts from sft and reward, which start from pretrain: the limit reaches it through them.
+    assert refused(*fits, "stages.ppo.max_new_tokens=33").startswith(
+        "Stage 'ppo' feeds sequences of up to 97 tokens (max_prompt_length + max_new_tokens)"
+    )
+    # Rotary positions (llama, the default family) have no table to run past; nor has a checkpoint's.
+    assert load("stages.sft.max_length=4096").stages["sft"].max_length == 4096
+    assert load(*gpt2, "stages.pretrain.init_from=org/model").stages["pretrain"].position_limit() is None

@@ -147,6 +147,9 @@ class RLStageConfig(StageConfig):
     eval_gold: str | None = None  # module:function gold scorer for the snapshots (never trained on)
     save_snapshot_weights: bool = True  # keep the policy of each snapshot (to pick the best one)
 
+    def longest_sequence(self) -> tuple[int, str] | None:
+        return self.max_prompt_length + self.max_new_tokens, "max_prompt_length + max_new_tokens"
+
     @property
     def sharded(self) -> bool:
         """Every process holds a shard of each model (`engine: fsdp2`), so decoding must stay in step."""
