@@ -275,11 +275,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import choices, compare, comparison_data, format_table
-    from pipeline.config import apply_override, load_config, read_yaml
+    from pipeline.config import load_config, raw_config
 
-    raw = read_yaml(Path(args.config))
-    for assignment in args.overrides:
-        apply_override(raw, assignment)
+    raw = raw_config(args.config, args.overrides)
     if args.algorithms:
         algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     else:

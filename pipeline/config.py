@@ -124,7 +124,7 @@ def check_positions(stages: dict[str, StageConfig]) -> None:
         if longest is None:
             continue
         tokens, keys = longest
-        for ancestor in upstream_stages(name, stages):
+        for ancestor in upstream(stages, name):
             limit = stages[ancestor].position_limit()
             if limit is not None and tokens > limit:
                 raise ConfigError(
@@ -134,17 +134,21 @@ def check_positions(stages: dict[str, StageConfig]) -> None:
                 )
 
 
-def upstream_stages(name: str, stages: dict[str, StageConfig]) -> list[str]:
-    """The stages whose output `name` starts from, directly or through others (inputs naming a stage)."""
-    found: list[str] = []
-    todo = [value for value in stage_inputs(stages[name]).values() if value in stages]
+def stage_dependencies(cfg: Any, stages: dict[str, Any]) -> list[str]:
+    """The stages of the pipeline that a stage takes an input from (an input naming a stage)."""
+    return [value for value in stage_inputs(cfg).values() if value in stages]
+
+
+def upstream(stages: dict[str, Any], name: str) -> list[str]:
+    """Every stage whose output `name` starts from, directly or through others, in config order."""
+    seen: set[str] = set()
+    todo = [name]
     while todo:
-        stage = todo.pop()
-        if stage in found or stage == name:
-            continue
-        found.append(stage)
-        todo += [value for value in stage_inputs(stages[stage]).values() if value in stages]
-    return found
+        for dependency in stage_dependencies(stages[todo.pop()], stages):
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return [stage for stage in stages if stage in seen and stage != name]
 
 
 def resolve_kind(name: str, block: dict[str, Any]) -> Any:
@@ -154,13 +158,21 @@ def resolve_kind(name: str, block: dict[str, Any]) -> Any:
     return ALIASES.get(kind, kind) if isinstance(kind, str) else kind
 
 
+def raw_config(
+    path: str | Path | None, overrides: list[str] = (), data: dict | None = None
+) -> dict[str, Any]:
+    """The config as data, before typing: the YAML file (or a copy of `data`) with the overrides applied."""
+    raw = copy.deepcopy(data) if data is not None else read_yaml(Path(path))
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return raw
+
+
 def load_config(
     path: str | Path | None, overrides: list[str] = (), data: dict | None = None
 ) -> ResolvedConfig:
     """Read a YAML file (or take `data`), apply overrides, type every stage block by its kind."""
-    raw = copy.deepcopy(data) if data is not None else read_yaml(Path(path))
-    for assignment in overrides:
-        apply_override(raw, assignment)
+    raw = raw_config(path, overrides, data)
     pipeline = build(PipelineConfig, raw, "")
     if not pipeline.stages:
         raise ConfigError("The config has no stages: add a 'stages' section.")

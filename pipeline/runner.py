@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline import distributed
 from pipeline.atomic import atomic_write_json, atomic_write_text
-from pipeline.config import ResolvedConfig, stage_inputs
+from pipeline.config import ResolvedConfig, stage_dependencies, stage_inputs, upstream
 from pipeline.config_schema import suggest, to_dict
 from pipeline.errors import ConfigError, UserError
 from pipeline.evaluation.evaluate import METRICS_FILE, evaluate
@@ -51,7 +51,7 @@ def build_graph(config: ResolvedConfig) -> dict[str, StageNode]:
     nodes = {}
     for name, cfg in config.stages.items():
         inputs = stage_inputs(cfg)
-        deps = [value for value in inputs.values() if value in config.stages]
+        deps = stage_dependencies(cfg, config.stages)
         for key, value in inputs.items():
             check_input_reference(name, key, value, names)
         nodes[name] = StageNode(name, cfg.kind, cfg, inputs, deps)
@@ -100,17 +100,6 @@ def find_cycle(depends_on: dict[str, list[str]]) -> list[str]:
     return path[path.index(node) :]
 
 
-def upstream(nodes: dict[str, StageNode], name: str) -> set[str]:
-    seen: set[str] = set()
-    stack = [name]
-    while stack:
-        for dep in nodes[stack.pop()].depends_on:
-            if dep not in seen:
-                seen.add(dep)
-                stack.append(dep)
-    return seen
-
-
 def fingerprint(kind: str, config: Any, resolved_inputs: dict[str, str], input_prints: dict[str, str]) -> str:
     """A stage is reusable when this hash is unchanged: its config plus what it was built from."""
     payload = {"kind": kind, "config": to_dict(config), "inputs": resolved_inputs, "upstream": input_prints}
@@ -150,7 +139,7 @@ class Runner:
         if only:
             return [only], {only}
         if start:
-            forced = {n for n in self.order if n == start or start in upstream(self.nodes, n)}
+            forced = {n for n in self.order if n == start or start in upstream(self.config.stages, n)}
             return self.order, forced
         return self.order, set()
 
@@ -221,7 +210,6 @@ class Runner:
     def check_before_training(self, to_run: list[str], evaluate: bool) -> None:
         """Validate every stage's data (and the evaluation's) up front: a bad file fails in seconds,
         not after the stages before it have trained."""
-
         for name in to_run:
             check_installed(self.nodes[name].config.report_to, name)
             check = getattr(stage_module(self.nodes[name].kind), "check", None)
@@ -321,7 +309,6 @@ def execute_stage(
     node: StageNode, inputs: dict[str, str], staging: Path, work: Path, pipeline: Any, run_dir: Path | None
 ) -> Any:
     """Run one stage into `staging` (seeded, threads set) and write its metrics beside the model."""
-
     seed = node.config.seed if node.config.seed is not None else pipeline.seed
     work.mkdir(parents=True, exist_ok=True)
     seed_everything(seed, pipeline.threads)

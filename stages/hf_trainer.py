@@ -4,7 +4,6 @@ DeepSpeed)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from pipeline.faults import crash_point
 from pipeline.log import log
 from pipeline.models import load_model, load_tokenizer
 from pipeline.stage_config import TrainingConfig
-from stages.base import StageContext
+from stages.base import StageContext, read_json
 from stages.lora import peft_config
 from stages.outputs import (
     logs_dir,
@@ -180,9 +179,7 @@ class HeldOutBefore(TrainerCallback):
 
     def __init__(self, ctx: StageContext):
         self.path = ctx.work_dir / self.FILE
-        self.metrics: dict[str, float] | None = (
-            json.loads(self.path.read_text()) if self.path.exists() else None
-        )
+        self.metrics: dict[str, float] | None = read_json(ctx.work_dir, self.FILE, None)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.metrics is None and state.global_step == 0:

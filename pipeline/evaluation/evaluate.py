@@ -103,7 +103,7 @@ def evaluate(
             response_length=estimate([float(n) for n in drawn.lengths]),
             distinct={n: distinct_n(drawn.completions, n) for n in range(1, cfg.distinct_n + 1)},
             unique_completions=unique_fraction(drawn.completions),
-            perplexity_under_reference=perplexity(drawn, repeated, cfg, seed),
+            perplexity_under_reference=perplexity(drawn, repeated, statistics),
             win_rate=wins,
         )
         samples += sample_rows(name, repeated, drawn, rewards[name], cfg.samples_per_prompt)
@@ -170,21 +170,17 @@ def sample_rows(
     ]
 
 
-def perplexity(drawn: PolicySamples, prompts: list[str], cfg: EvaluationConfig, seed: int) -> Estimate | None:
+def perplexity(drawn: PolicySamples, prompts: list[str], statistics: dict) -> Estimate | None:
     """exp(NLL per token) of the samples under the reference, all tokens pooled; CI from resampled prompts.
 
     The NLL per token is estimated with its bootstrap interval, then exponentiated (exp is monotone,
-    so the percentile interval maps over). None when the vocabularies differ.
+    so the percentile interval maps over). None when the vocabularies differ. `statistics`: the
+    bootstrap's confidence, n_resamples and seed.
     """
     if drawn.reference_nll is None:
         return None
     nll = bootstrap_ratio(
-        drawn.reference_nll,
-        [float(n) for n in drawn.lengths],
-        groups=prompts,
-        confidence=cfg.confidence,
-        n_resamples=cfg.bootstrap_resamples,
-        seed=seed,
+        drawn.reference_nll, [float(n) for n in drawn.lengths], groups=prompts, **statistics
     )
     return Estimate(
         mean=math.exp(nll.mean),

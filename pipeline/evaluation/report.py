@@ -5,6 +5,7 @@ both render, so the two files cannot say different things. The terminal's table 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.evaluation.formatting import (
@@ -74,12 +75,14 @@ CHECKPOINTS_INTRO = "Snapshots the RL stage saved and scored while training (rew
 # ---------------------------------------------------------------- the results table
 
 
+def in_order(groups: Iterable[Iterable[str]]) -> list[str]:
+    """Every name of the groups once, in the order they first appear."""
+    return list(dict.fromkeys(name for group in groups for name in group))
+
+
 def reward_sources(result: EvaluationResult) -> list[str]:
     """Every reward source named anywhere, differences first, in the order the result lists them."""
-    sources = list(result.differences)
-    for policy in result.policies.values():
-        sources += [source for source in policy.rewards if source not in sources]
-    return sources
+    return in_order([result.differences, *(policy.rewards for policy in result.policies.values())])
 
 
 def policy_order(result: EvaluationResult) -> list[str]:
@@ -169,9 +172,7 @@ def checkpoints_table(result: EvaluationResult) -> Table | None:
     """Step, episodes, KL, each reward and where the weights are, per snapshot; the best one marked."""
     if not result.snapshots:
         return None
-    sources: list[str] = []
-    for snapshot in result.snapshots:
-        sources += [key for key in snapshot.rewards if key not in sources]
+    sources = in_order(snapshot.rewards for snapshot in result.snapshots)
     best_step = result.best_checkpoint.snapshot.step if result.best_checkpoint else None
     ordered = sorted(result.snapshots, key=lambda s: s.step)
     rows = [
@@ -214,10 +215,7 @@ def examples(result: EvaluationResult, samples: list[dict], n_examples: int) -> 
             )
             for policy in shown
         ]
-        sources: list[str] = []
-        for cell in cells:
-            sources += [source for source in cell.rewards if source not in sources]
-        chosen.append(Example(prompt, cells, sources))
+        chosen.append(Example(prompt, cells, in_order(cell.rewards for cell in cells)))
     return chosen
 
 
